@@ -1,0 +1,214 @@
+"""Dataset manifests: one small JSON file per data set, in the spirit of nnU-Net's ``dataset.json``.
+
+Format (paths are relative to the manifest file's folder, or absolute)::
+
+    {
+      "name": "phantom-ct",
+      "description": "free text",
+      "seed": 0,                       # seed used for the split (informational)
+      "cases": [
+        {"id": "ct_000", "patient_id": "P000", "modality": "ct",
+         "image": "images/ct_000.nii.gz", "label": "labels/ct_000.nii.gz", "split": "train"},
+        ...
+      ]
+    }
+
+``modality`` is one of ``ct``, ``cbct``, ``mr``; ``label`` may be null (e.g. unlabelled MRI);
+``split`` is one of ``train``, ``val``, ``test``. All cases of one patient share one split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cmedl.errors import InputError, did_you_mean
+
+MODALITIES = ("ct", "cbct", "mr")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Case:
+    """One image (and optional label) of one patient."""
+
+    id: str
+    patient_id: str
+    modality: str
+    image: str
+    label: str | None = None
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise InputError(did_you_mean(self.modality, MODALITIES, "modality"))
+        if self.split not in SPLITS:
+            raise InputError(did_you_mean(self.split, SPLITS, "split"))
+
+
+@dataclass
+class Manifest:
+    """A list of cases plus the folder their relative paths start from."""
+
+    cases: list[Case] = field(default_factory=list)
+    name: str = "dataset"
+    description: str = ""
+    seed: int | None = None
+    root: Path = field(default=Path("."), repr=False)
+
+    # ------------------------------------------------------------------ access
+    def image_path(self, case: Case) -> Path:
+        return (self.root / case.image).resolve()
+
+    def label_path(self, case: Case) -> Path | None:
+        return None if case.label is None else (self.root / case.label).resolve()
+
+    def select(
+        self,
+        split: str | Sequence[str] | None = None,
+        modality: str | Sequence[str] | None = None,
+        labelled: bool | None = None,
+    ) -> list[Case]:
+        """Cases filtered by split(s), modality(ies) and whether they have a label."""
+        splits = (split,) if isinstance(split, str) else split
+        mods = (modality,) if isinstance(modality, str) else modality
+        out = []
+        for c in self.cases:
+            if splits is not None and c.split not in splits:
+                continue
+            if mods is not None and c.modality not in mods:
+                continue
+            if labelled is not None and (c.label is not None) != labelled:
+                continue
+            out.append(c)
+        return out
+
+    def get(self, case_id: str) -> Case:
+        for c in self.cases:
+            if c.id == case_id:
+                return c
+        raise InputError(did_you_mean(case_id, [c.id for c in self.cases], "case id"))
+
+    def add(self, case: Case, replace: bool = False) -> None:
+        """Add a case; an existing id is an error unless ``replace``."""
+        for i, c in enumerate(self.cases):
+            if c.id == case.id:
+                if not replace:
+                    raise InputError(f"case id '{case.id}' is already in the manifest")
+                self.cases[i] = case
+                return
+        self.cases.append(case)
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "cases": [asdict(c) for c in self.cases],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the manifest atomically; relative case paths are kept relative to ``path``'s folder."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+        self.root = path.parent
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "manifest.json"
+        if not path.exists():
+            raise InputError("manifest not found", path)
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})", path) from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("cases"), list):
+            raise InputError("a manifest must be a JSON object with a 'cases' list", path)
+        cases = []
+        for i, item in enumerate(raw["cases"]):
+            try:
+                cases.append(Case(**item))
+            except TypeError as exc:
+                raise InputError(f"case {i}: {exc}", path) from None
+            except InputError as exc:
+                raise InputError(f"case {i}: {exc}", path) from None
+        ids = [c.id for c in cases]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise InputError(f"duplicate case ids: {sorted(dup)}", path)
+        m = cls(cases, raw.get("name", path.stem), raw.get("description", ""), raw.get("seed"), path.parent)
+        check_patient_splits(m.cases, source=path)
+        return m
+
+
+def check_patient_splits(cases: Iterable[Case], source: str | Path | None = None) -> None:
+    """Raise if any patient has cases in two splits (that would leak data between splits)."""
+    seen: dict[str, str] = {}
+    for c in cases:
+        prev = seen.setdefault(c.patient_id, c.split)
+        if prev != c.split:
+            raise InputError(
+                f"patient '{c.patient_id}' is in splits '{prev}' and '{c.split}'; splits must be by patient",
+                source,
+            )
+
+
+def split_by_patient(
+    cases: Sequence[Case],
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    stratify_by_modality: bool = True,
+) -> list[Case]:
+    """Assign ``split`` to every case so that each patient lands in exactly one split.
+
+    Patients are shuffled with ``numpy.random.default_rng(seed)`` (per modality when
+    ``stratify_by_modality``, so CT and MRI cohorts each get train/val/test) and cut by
+    ``fractions`` (train, val, test). Every split with a non-zero fraction gets at least one
+    patient when there are enough patients. Returns new Case objects; the input is unchanged.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise InputError(f"fractions must be three non-negative numbers (train, val, test), got {fractions}")
+    fr = np.asarray(fractions, dtype=float) / float(sum(fractions))
+    groups: dict[str, list[str]] = {}
+    patient_mod: dict[str, str] = {}
+    for c in cases:
+        key = c.modality if stratify_by_modality else "all"
+        if c.patient_id not in patient_mod:
+            patient_mod[c.patient_id] = key
+            groups.setdefault(key, []).append(c.patient_id)
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for key in sorted(groups):
+        patients = sorted(groups[key])
+        order = rng.permutation(len(patients))
+        n = len(patients)
+        counts = np.floor(fr * n + 1e-9).astype(int)
+        # give leftovers to the largest fractional remainders, then make sure non-zero splits are non-empty
+        rem = np.maximum(fr * n - counts, 0.0)
+        for i in np.argsort(-rem)[: n - counts.sum()]:
+            counts[i] += 1
+        for i in range(3):
+            if fr[i] > 0 and counts[i] == 0 and n >= int((fr > 0).sum()):
+                j = int(np.argmax(counts))
+                counts[j] -= 1
+                counts[i] += 1
+        bounds = np.cumsum(counts)
+        for rank, idx in enumerate(order):
+            split = SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
+            assignment[patients[idx]] = split
+    return [Case(c.id, c.patient_id, c.modality, c.image, c.label, assignment[c.patient_id]) for c in cases]
