@@ -8,7 +8,7 @@ from cmedl.errors import InputError
 
 def _cases(n_patients=10, per_patient=2, modality="ct"):
     return [
-        Case(f"{modality}_{p}_{k}", f"P{p}", modality, f"img/{p}_{k}.nii.gz", f"lab/{p}_{k}.nii.gz")
+        Case(f"{modality}_{p}_{k}", f"{modality}P{p}", modality, f"img/{p}_{k}.nii.gz", f"lab/{p}_{k}.nii.gz")
         for p in range(n_patients)
         for k in range(per_patient)
     ]
