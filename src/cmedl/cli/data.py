@@ -1,0 +1,159 @@
+"""``cmedl data import | info | split``: thin wrappers over :mod:`cmedl.data.importer`.
+
+(``cmedl data phantom`` is registered by :mod:`cmedl.cli.phantom`.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cmedl.cli import data_app
+from cmedl.cli._common import console, handle_errors
+from cmedl.data.importer import describe_path, import_dicom_case, split_manifest
+
+
+def _fmt(values: Any, digits: int = 4) -> str:
+    return (
+        "("
+        + ", ".join(f"{float(v):.{digits}g}" if isinstance(v, float) else str(v) for v in values)
+        + ")"
+    )
+
+
+@data_app.command("import")
+@handle_errors
+def import_cmd(
+    dicom_dir: Annotated[Path, typer.Argument(help="Folder holding the DICOM image series.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Data set folder (images/, labels/, manifest.json).")
+    ],
+    case_id: Annotated[str, typer.Option("--id", help="Case id (file name stem).")],
+    rtstruct: Annotated[
+        Path | None, typer.Option("--rtstruct", help="RTSTRUCT file for the label.")
+    ] = None,
+    roi: Annotated[
+        str | None,
+        typer.Option("--roi", help="ROI name in the RTSTRUCT (optional if it has one ROI)."),
+    ] = None,
+    patient_id: Annotated[
+        str | None, typer.Option("--patient-id", help="Default: DICOM PatientID.")
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option("--modality", help="ct, cbct or mr (default: from DICOM).")
+    ] = None,
+    series_uid: Annotated[
+        str | None,
+        typer.Option("--series-uid", help="SeriesInstanceUID if the folder has several."),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="Manifest to update (default OUT/manifest.json)."),
+    ] = None,
+) -> None:
+    """Import a DICOM series (+ an RTSTRUCT ROI as label) as NIfTI and add it to a manifest."""
+    case = import_dicom_case(
+        dicom_dir,
+        out,
+        case_id,
+        rtstruct=rtstruct,
+        roi=roi,
+        patient_id=patient_id,
+        modality=modality,
+        series_uid=series_uid,
+        manifest=manifest,
+    )
+    label = f", label {case.label}" if case.label else ""
+    console.print(
+        f"imported {case.id} (patient {case.patient_id}, {case.modality}, split {case.split}): "
+        f"image {case.image}{label}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    kind = info["kind"]
+
+    def p(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    p(f"{info['path']}: {kind.replace('_', ' ')}")
+    if kind == "manifest":
+        p(
+            f"  name: {info['name']}  cases: {info['cases']}  patients: {info['patients']}  labelled: {info['labelled']}"
+        )
+        splits = " ".join(f"{s}={n}" for s, n in info["per_split"].items())
+        p(f"  splits: {splits}" + (f"  (seed {info['seed']})" if info["seed"] is not None else ""))
+        for mod, counts in info["per_modality_split"].items():
+            p(f"  {mod}: " + " ".join(f"{s}={n}" for s, n in counts.items()))
+        return
+    if kind == "rtstruct":
+        for r in info["rois"]:
+            p(f"  ROI {r['number']}: {r['name']} ({r['contours']} contours)")
+        return
+    series = info.get("series") or []
+    if series:
+        p(f"  DICOM series: {len(series)}")
+        for s in series:
+            desc = f" '{s.description}'" if s.description else ""
+            p(
+                f"    {s.uid}  {s.modality or '?'}{desc}  {s.n_files} files{'' if s.is_image else ' (not an image)'}"
+            )
+    if kind == "dicom_folder":
+        p("  several image series: pass --series-uid to choose one")
+        return
+    p(f"  shape (z, y, x): {info['shape']}")
+    p(f"  spacing (x, y, z) mm: {_fmt(info['spacing'])}")
+    p(f"  origin (x, y, z) mm: {_fmt(info['origin'], 6)}")
+    p(f"  orientation: {info['orientation']}  direction: {_fmt(info['direction'])}")
+    p(
+        f"  dtype: {info['dtype']}  min: {info['min']:.6g}  max: {info['max']:.6g}  nonzero voxels: {info['nonzero']}"
+    )
+    p("  percentiles: " + "  ".join(f"p{k}={v:.6g}" for k, v in info["percentiles"].items()))
+    for key, value in info.get("meta", {}).items():
+        p(f"  {key}: {value}")
+
+
+@data_app.command("info")
+@handle_errors
+def info_cmd(
+    path: Annotated[
+        Path, typer.Argument(help="Image file, DICOM folder, RTSTRUCT file or manifest JSON.")
+    ],
+) -> None:
+    """Show geometry and intensities of an image, the ROIs of an RTSTRUCT, or manifest counts."""
+    _print_info(describe_path(path))
+
+
+@data_app.command("split")
+@handle_errors
+def split_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest JSON (or its folder).")],
+    train: Annotated[
+        float, typer.Option("--train", min=0.0, help="Fraction of patients for training.")
+    ] = 0.7,
+    val: Annotated[
+        float, typer.Option("--val", min=0.0, help="Fraction of patients for validation.")
+    ] = 0.1,
+    test: Annotated[
+        float, typer.Option("--test", min=0.0, help="Fraction of patients for testing.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same split).")] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here instead of rewriting MANIFEST.")
+    ] = None,
+) -> None:
+    """Split a manifest into train/val/test by patient (reproducible from --seed)."""
+    man = split_manifest(manifest, (train, val, test), seed=seed, out=out)
+    counts = {
+        s: len({c.patient_id for c in man.cases if c.split == s}) for s in ("train", "val", "test")
+    }
+    console.print(
+        f"split {len(man.cases)} cases by patient (seed {seed}): "
+        + ", ".join(f"{s} {n} patients" for s, n in counts.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
