@@ -1,0 +1,57 @@
+"""Synthetic thoracic phantom cohorts: CT, cone-beam CT and T2-weighted MRI with exact tumour masks.
+
+The built-in data set of cmedl: it lets the whole CMEDL study run without downloads. Each case is
+a randomised adult thorax (body outline, fat, muscle, ribs, spine, sternum, lungs with vessels,
+heart, aorta and great vessels, airways, mediastinum, diaphragm) with one or two lobulated or
+spiculated tumours (5-70 mm; in the lung, on the chest wall, or abutting/inside the mediastinum).
+A tissue label map (:mod:`.anatomy`) is rendered per modality:
+
+- :mod:`.ct`: HU calibrated on a real chest CT; the tumour is within +-12 HU of mediastinal soft
+  tissue (below the noise), so its mediastinal boundary is nearly invisible;
+- :mod:`.cbct`: CT plus scatter, cupping, streaks, rings, stronger noise and a limited FOV;
+- :mod:`.mri`: T2w contrast calibrated on real T2w MRI (tumour and fat bright, lung/bone dark,
+  blood flow voids), bias field and Rician noise, on its own spacing and field of view.
+
+CT/CBCT and MRI cohorts are different (unpaired) patients. Entry points: :func:`generate_case`,
+:func:`generate_cohort` (files + manifest), CLI ``cmedl data phantom``.
+"""
+
+from cmedl.data.phantom.anatomy import (
+    Anatomy,
+    Grid,
+    Patient,
+    Tissue,
+    TumourInfo,
+    build_anatomy,
+    sample_patient,
+)
+from cmedl.data.phantom.cbct import render_cbct
+from cmedl.data.phantom.cohort import (
+    DEFAULT_SHAPE,
+    PhantomCase,
+    case_id,
+    default_spacing,
+    generate_case,
+    generate_cohort,
+)
+from cmedl.data.phantom.ct import render_ct
+from cmedl.data.phantom.mri import render_mr
+
+__all__ = [
+    "DEFAULT_SHAPE",
+    "Anatomy",
+    "Grid",
+    "Patient",
+    "PhantomCase",
+    "Tissue",
+    "TumourInfo",
+    "build_anatomy",
+    "case_id",
+    "default_spacing",
+    "generate_case",
+    "generate_cohort",
+    "render_cbct",
+    "render_ct",
+    "render_mr",
+    "sample_patient",
+]

@@ -1,0 +1,305 @@
+"""Phantom cases and cohorts: seeding, grids, file writing, the manifest.
+
+Every case is drawn from its own ``numpy`` generator seeded with
+``SeedSequence([seed, modality_code, index])``, so case ``k`` of a modality is byte-identical
+whatever the cohort size, and CT/CBCT/MRI patients are independent (unpaired) draws whose ids
+(``ct_P000``, ``cbct_P000``, ``mr_P000``) never coincide.
+
+Default geometry (``shape`` ``(z, y, x)`` = ``(48, 128, 128)``): CT/CBCT field of view
+346 x 346 x 144 mm (spacing 2.70 x 2.70 x 3.0 mm, an adult thorax); MRI spacing scaled from the
+CMEDL papers' ratio (MRI 1.1 x 0.97 x 2.5 mm vs CT 0.98 x 0.98 x 3 mm, i.e. x1.12, x0.99, x0.83)
+to 3.03 x 2.68 x 2.5 mm, and a field of view shifted by up to 15 mm per case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from cmedl.data.manifest import Case, Manifest, split_by_patient
+from cmedl.data.phantom.anatomy import Anatomy, Grid, TumourInfo, build_anatomy, sample_patient
+from cmedl.data.phantom.cbct import render_cbct
+from cmedl.data.phantom.ct import render_ct
+from cmedl.data.phantom.mri import render_mr
+from cmedl.errors import InputError
+from cmedl.io.volume import Volume, write_volume
+
+MODALITY_CODES = {"ct": 1, "cbct": 2, "mr": 3}
+DEFAULT_SHAPE = (48, 128, 128)
+#: CT field of view (x, y, z) in mm used to derive the spacing when none is given.
+DEFAULT_FOV_MM = (346.0, 346.0, 144.0)
+#: MRI spacing / CT spacing, (x, y, z), from the papers (1.1/0.98, 0.97/0.98, 2.5/3.0).
+MR_SPACING_RATIO = (1.1 / 0.98, 0.97 / 0.98, 2.5 / 3.0)
+
+
+@dataclass
+class PhantomCase:
+    """One generated case: image, exact tumour mask and tissue labels on one grid."""
+
+    case_id: str
+    patient_id: str
+    modality: str
+    image: Volume  #: CT/CBCT in HU (int16) or T2w MRI (int16, arbitrary units)
+    mask: Volume  #: uint8 union of the tumours
+    labels: Volume  #: uint8 :class:`~cmedl.data.phantom.anatomy.Tissue` map
+    tumours: list[TumourInfo]
+
+
+def default_spacing(shape: Sequence[int]) -> tuple[float, float, float]:
+    """CT spacing (x, y, z mm) that makes ``shape`` ``(z, y, x)`` cover :data:`DEFAULT_FOV_MM`."""
+    nz, ny, nx = shape
+    return (DEFAULT_FOV_MM[0] / nx, DEFAULT_FOV_MM[1] / ny, DEFAULT_FOV_MM[2] / nz)
+
+
+def _check_geometry(shape: Sequence[int], spacing: Sequence[float] | None, what: str) -> None:
+    if (
+        len(shape) != 3
+        or any(int(s) != s or s < 4 for s in shape)
+        or shape[1] < 16
+        or shape[2] < 16
+    ):
+        raise InputError(
+            f"{what}: shape must be 3 integers (z, y, x) with z >= 4 and y, x >= 16, got {tuple(shape)}"
+        )
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+        raise InputError(
+            f"{what}: spacing must be 3 positive numbers (x, y, z) in mm, got {tuple(spacing)}"
+        )
+
+
+def case_id(modality: str, index: int) -> str:
+    """The case (and patient) id of case ``index`` of ``modality``: ``ct_P000`` etc."""
+    return f"{modality}_P{index:03d}"
+
+
+def generate_case(
+    modality: str,
+    index: int,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] | None = None,
+    mr_spacing: Sequence[float] | None = None,
+    return_anatomy: bool = False,
+) -> PhantomCase | tuple[PhantomCase, Anatomy]:
+    """Generate case ``index`` of ``modality`` (``ct``, ``cbct`` or ``mr``).
+
+    Args:
+        shape: voxels ``(z, y, x)``; MRI uses the same voxel counts on its own spacing.
+        spacing: CT/CBCT spacing ``(x, y, z)`` mm (default: :func:`default_spacing`).
+        mr_spacing: MRI spacing ``(x, y, z)`` mm (default: CT spacing x :data:`MR_SPACING_RATIO`).
+        return_anatomy: also return the :class:`Anatomy` (label map, texture, parameters).
+    """
+    if modality not in MODALITY_CODES:
+        from cmedl.errors import did_you_mean
+
+        raise InputError(did_you_mean(modality, MODALITY_CODES, "modality"))
+    shape = tuple(int(s) for s in shape)
+    _check_geometry(shape, spacing, "CT grid")
+    _check_geometry(shape, mr_spacing, "MRI grid")
+    ct_sp = tuple(float(s) for s in spacing) if spacing is not None else default_spacing(shape)
+    ss = np.random.SeedSequence([int(seed), MODALITY_CODES[modality], int(index)])
+    anat_rng, render_rng, grid_rng = (np.random.default_rng(s) for s in ss.spawn(3))
+    if modality == "mr":
+        sp = (
+            tuple(float(s) for s in mr_spacing)
+            if mr_spacing is not None
+            else tuple(c * r for c, r in zip(ct_sp, MR_SPACING_RATIO))
+        )
+        shift = (grid_rng.uniform(-15, 15), grid_rng.uniform(-10, 10), grid_rng.uniform(-10, 10))
+        grid = Grid.centred(shape, sp, shift)  # type: ignore[arg-type]
+    else:
+        grid = Grid.centred(shape, ct_sp)  # type: ignore[arg-type]
+    patient = sample_patient(anat_rng)
+    anatomy = build_anatomy(patient, grid, anat_rng)
+    if modality == "ct":
+        img = render_ct(anatomy, render_rng)
+    elif modality == "cbct":
+        img = render_cbct(anatomy, render_rng)
+    else:
+        img = render_mr(anatomy, render_rng)
+    image = grid.volume(np.rint(img).astype(np.int16))
+    cid = case_id(modality, index)
+    for vol in (image,):
+        vol.meta.update(
+            {"phantom_modality": modality, "phantom_seed": str(seed), "phantom_index": str(index)}
+        )
+    case = PhantomCase(
+        cid,
+        cid,
+        modality,
+        image,
+        grid.volume(anatomy.mask),
+        grid.volume(anatomy.labels),
+        anatomy.tumours,
+    )
+    return (case, anatomy) if return_anatomy else case
+
+
+def _init_worker() -> None:
+    """Pool worker set-up: one ITK thread per process (the pool provides the parallelism)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _write_case(args: tuple) -> dict:
+    """Worker: generate one case and write ``images/<id>.nii.gz`` and ``labels/<id>.nii.gz``."""
+    modality, index, seed, shape, spacing, mr_spacing, out_dir, with_label = args
+    case = generate_case(modality, index, seed, shape, spacing, mr_spacing)
+    assert isinstance(case, PhantomCase)
+    out = Path(out_dir)
+    img_rel = f"images/{case.case_id}.nii.gz"
+    write_volume(case.image, out / img_rel)
+    lab_rel = None
+    if with_label:
+        lab_rel = f"labels/{case.case_id}.nii.gz"
+        write_volume(case.mask, out / lab_rel)
+    return {
+        "id": case.case_id,
+        "patient_id": case.patient_id,
+        "modality": modality,
+        "image": img_rel,
+        "label": lab_rel,
+        "tumours": [t.__dict__ for t in case.tumours],
+    }
+
+
+def generate_cohort(
+    out_dir: str | Path,
+    n_ct: int,
+    n_cbct: int,
+    n_mr: int,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] | None = None,
+    mr_spacing: Sequence[float] | None = None,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    mr_labels: bool = True,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
+) -> Path:
+    """Write a phantom cohort to ``out_dir`` and return the path of its ``manifest.json``.
+
+    Files: ``images/<id>.nii.gz`` (CT/CBCT int16 HU, MRI int16 a.u.), ``labels/<id>.nii.gz``
+    (uint8 tumour mask on the image grid; for MRI only if ``mr_labels``), ``manifest.json``
+    (:class:`~cmedl.data.manifest.Manifest`, split by patient with ``fractions`` and ``seed``)
+    and ``tumours.json`` (kind, centre, diameter of every tumour).
+
+    Args:
+        shape: voxels ``(z, y, x)`` of every image; spacing/mr_spacing: ``(x, y, z)`` mm.
+        workers: processes (default ``min(2, cpu count)``; 1 = in this process).
+        overwrite: replace an existing cohort in ``out_dir`` (else an existing manifest is an error).
+        progress: show a rich progress bar (True) or call ``progress(done, total)``.
+
+    Raises:
+        InputError: bad counts/geometry, or ``out_dir`` already holds a manifest. On any error the
+            files written by this call are removed (no partial cohort).
+    """
+    out = Path(out_dir)
+    counts = {"ct": n_ct, "cbct": n_cbct, "mr": n_mr}
+    for mod, n in counts.items():
+        if int(n) != n or n < 0:
+            raise InputError(f"number of {mod} cases must be a non-negative integer, got {n}")
+    total = sum(counts.values())
+    if total == 0:
+        raise InputError("nothing to generate: all case counts are 0")
+    shape = tuple(int(s) for s in shape)
+    _check_geometry(shape, spacing, "CT grid")
+    _check_geometry(shape, mr_spacing, "MRI grid")
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", out)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists() and not overwrite:
+        raise InputError(
+            "already holds a manifest.json; choose another folder or pass overwrite", out
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+    jobs = [
+        (mod, k, int(seed), shape, spacing, mr_spacing, str(out), mod != "mr" or mr_labels)
+        for mod in ("ct", "cbct", "mr")
+        for k in range(int(counts[mod]))
+    ]
+    n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    n_workers = min(n_workers, len(jobs))
+    results: dict[str, dict] = {}
+    written: list[Path] = []
+
+    bar = None
+    task = None
+    if progress is True:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn("phantom cases"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        task = bar.add_task("phantom", total=len(jobs))
+        bar.start()
+
+    def done(res: dict) -> None:
+        results[res["id"]] = res
+        written.append(out / res["image"])
+        if res["label"]:
+            written.append(out / res["label"])
+        if bar is not None:
+            bar.advance(task)  # type: ignore[arg-type]
+        elif callable(progress):
+            progress(len(results), len(jobs))
+
+    try:
+        if n_workers <= 1:
+            for job in jobs:
+                done(_write_case(job))
+        else:
+            with ProcessPoolExecutor(
+                n_workers, mp_context=get_context("spawn"), initializer=_init_worker
+            ) as pool:
+                futures = [pool.submit(_write_case, job) for job in jobs]
+                try:
+                    for fut in as_completed(futures):
+                        done(fut.result())
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        ordered = [results[case_id(j[0], j[1])] for j in jobs]
+        cases = [
+            Case(r["id"], r["patient_id"], r["modality"], r["image"], r["label"]) for r in ordered
+        ]
+        cases = split_by_patient(cases, fractions, seed=int(seed))
+        nz, ny, nx = shape
+        manifest = Manifest(
+            cases,
+            name="phantom",
+            description=(
+                f"synthetic thoracic phantom: {n_ct} CT, {n_cbct} CBCT, {n_mr} T2w MRI (unpaired patients), "
+                f"{nx}x{ny}x{nz} voxels, seed {seed}; labels = tumour masks"
+            ),
+            seed=int(seed),
+        )
+        tumours_path = out / "tumours.json"
+        tumours_path.write_text(
+            json.dumps({r["id"]: r["tumours"] for r in ordered}, indent=1) + "\n"
+        )
+        written.append(tumours_path)
+        manifest.save(manifest_path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.stop()
+    return manifest_path
