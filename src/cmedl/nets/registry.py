@@ -1,0 +1,120 @@
+"""Segmentation networks by name, hint-compatibility check and parameter counting.
+
+Names: ``unet`` (:class:`cmedl.nets.unet.UNet2D`), ``densefcn57``
+(:class:`cmedl.nets.densefcn.DenseFCN57`), ``mrrn`` (:class:`cmedl.nets.mrrn.MRRN`) for 2D slices,
+and ``unet3d`` (:class:`cmedl.nets.unet3d.UNet3D`, ``dims = 3``) for 3D patches. Every class has
+``name``, ``dims`` and ``stride`` attributes and ``forward(x, return_features=False)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from torch import nn
+
+from cmedl.errors import ConfigError, did_you_mean
+from cmedl.nets.base import SegmentationNet, check_hint_layers
+
+#: name -> (module, class name, default base width = the papers' width)
+_NETS: dict[str, tuple[str, str, int]] = {
+    "unet": ("cmedl.nets.unet", "UNet2D", 64),
+    "densefcn57": ("cmedl.nets.densefcn", "DenseFCN57", 12),
+    "mrrn": ("cmedl.nets.mrrn", "MRRN", 64),
+    "unet3d": ("cmedl.nets.unet3d", "UNet3D", 32),
+}
+SEGMENTATION_NETS_2D: tuple[str, ...] = ("unet", "densefcn57", "mrrn")
+SEGMENTATION_NETS_3D: tuple[str, ...] = ("unet3d",)
+SEGMENTATION_NETS: tuple[str, ...] = SEGMENTATION_NETS_2D + SEGMENTATION_NETS_3D
+
+
+def segmentation_net_class(name: str) -> type[SegmentationNet]:
+    """The class registered as ``name``; unknown names raise :class:`ConfigError` (did you mean)."""
+    if name not in _NETS:
+        raise ConfigError(did_you_mean(str(name), SEGMENTATION_NETS, "segmentation network"))
+    module, cls, _ = _NETS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def default_base_width(name: str) -> int:
+    """The papers' width of network ``name`` (U-Net 64, DenseFCN57 growth 12, MRRN 64, 3D U-Net 32)."""
+    segmentation_net_class(name)
+    return _NETS[name][2]
+
+
+def build_segmentation_net(
+    name: str,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    base_width: int | None = None,
+    hint_layers: str = "high",
+    dropout: float = 0.0,
+    dims: int | None = None,
+) -> SegmentationNet:
+    """Build segmentation network ``name`` (``unet``, ``densefcn57``, ``mrrn``, ``unet3d``).
+
+    ``base_width`` scales the network (U-Net: first block's channels; DenseFCN57: growth rate,
+    first conv = 4 x growth; MRRN: first stream's channels; 3D U-Net: first block's channels);
+    None -> the papers' width. ``dims`` (2 or 3), when given, must match the network's.
+    """
+    cls = segmentation_net_class(name)
+    check_hint_layers(hint_layers)
+    if dims is not None and dims != cls.dims:
+        choices = SEGMENTATION_NETS_2D if dims == 2 else SEGMENTATION_NETS_3D
+        raise ConfigError(
+            f"segmentation network '{name}' is {cls.dims}D, not {dims}D (choices: {', '.join(choices)})"
+        )
+    width = _NETS[name][2] if base_width is None else int(base_width)
+    if width < 1:
+        raise ConfigError(f"base_width must be >= 1, got {base_width}")
+    return cls(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        base_width=width,
+        hint_layers=hint_layers,
+        dropout=dropout,
+    )
+
+
+def build_segmentation_net_3d(
+    name: str = "unet3d",
+    in_channels: int = 1,
+    out_channels: int = 1,
+    base_width: int | None = None,
+    hint_layers: str = "high",
+    dropout: float = 0.0,
+) -> SegmentationNet:
+    """:func:`build_segmentation_net` restricted to 3D networks."""
+    return build_segmentation_net(
+        name, in_channels, out_channels, base_width, hint_layers, dropout, dims=3
+    )
+
+
+def check_hint_compatible(
+    teacher: nn.Module, student: nn.Module, example_shape: Sequence[int]
+) -> list[tuple[int, ...]]:
+    """Check that teacher and student give hint features of identical shapes.
+
+    ``example_shape`` is an input shape ``(B, C_in, *spatial)``. Runs both networks once
+    (eval mode, no grad) and returns the common feature shapes ``[(C, *spatial), ...]``; raises
+    :class:`ConfigError` listing both shape lists otherwise.
+    """
+    shapes = []
+    for net in (teacher, student):
+        if not isinstance(net, SegmentationNet):
+            raise ConfigError(
+                f"{type(net).__name__} is not a cmedl segmentation network (no hint features)"
+            )
+        shapes.append(net.hint_shapes(tuple(int(s) for s in example_shape)))
+    if shapes[0] != shapes[1]:
+        raise ConfigError(
+            f"teacher ({type(teacher).__name__}, hint_layers={teacher.hint_layers}) and student "
+            f"({type(student).__name__}, hint_layers={student.hint_layers}) hint features differ: "
+            f"{shapes[0]} vs {shapes[1]}; use the same architecture, width and hint layers for both"
+        )
+    return shapes[0]
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
