@@ -1,0 +1,28 @@
+"""``cmedl demo``: the README's main command (see :mod:`cmedl.demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cmedl.cli import app
+from cmedl.cli._common import console, handle_errors
+
+
+@app.command("demo")
+@handle_errors
+def demo_command(
+    out: Path = typer.Option(Path("cmedl-demo"), "--out", help="Folder for the phantom data, runs, masks and tables."),
+    config: str = typer.Option("cpu-demo", "--config", help="Training preset name or YAML file for both methods."),
+    n_ct: int = typer.Option(20, "--ct", help="Phantom CT patients."),
+    n_mr: int = typer.Option(12, "--mr", help="Phantom MRI patients (different patients from the CTs)."),
+    arch: str = typer.Option(None, "--arch", help="Segmentation network: unet, densefcn57 or mrrn (default: the preset's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the phantom, splits and training."),
+    set_: list[str] = typer.Option(None, "--set", help="Config override key=value (repeatable)."),
+) -> None:
+    """Phantom cohort -> train CT-only and CMEDL -> segment test CTs -> evaluate -> table + figure."""
+    from cmedl.demo import run_demo
+
+    run_demo(out, config=config, n_ct=n_ct, n_mr=n_mr, seed=seed, overrides=list(set_ or []), arch=arch,
+             log=lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False))
