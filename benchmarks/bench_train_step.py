@@ -1,0 +1,114 @@
+"""Benchmark of one full CMEDL training step (shared forward, G, S and D updates).
+
+Prints, for each size: seconds per iteration, FLOPs of one step (counted with
+``torch.utils.flop_counter.FlopCounterMode``: convolutions and matmuls, forward and backward),
+achieved GFLOP/s, and that as a fraction of this machine's fp32 matmul peak measured in the same
+run (best of a few large ``torch.mm``). Sizes:
+
+- ``demo``: the ``cpu-demo`` preset (64x64 patches, batch 8, every network at width 16);
+- ``128``:  ``paper-ct`` at 128x128 patches (full widths: U-Net 64, generator 64 with 9 blocks,
+  PatchGAN 64, VGG19 up to conv4_1), batch 2.
+
+Options: ``--precision fp32 bf16`` (autocast, reported beside fp32), ``--channels-last``,
+``--profile`` (torch.profiler table of the ops that take the time), ``--iters``, ``--threads``,
+``--ct-only`` (also time the ct-only step). Example::
+
+    python benchmarks/bench_train_step.py --sizes demo 128 --precision fp32 bf16 --iters 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cmedl.methods import build_method
+from cmedl.training.config import load_config
+
+
+def matmul_peak(n: int = 3072, reps: int = 4, dtype: torch.dtype = torch.float32) -> float:
+    """Best achieved GFLOP/s of an ``n x n`` by ``n x n`` matrix product."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def make_batch(method_name: str, b: int, p: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ct = torch.rand(b, 1, p, p, generator=g) * 2 - 1
+    lab = (torch.rand(b, 1, p, p, generator=g) > 0.9).float()
+    if method_name == "ct-only":
+        return {"image": ct, "label": lab}
+    return {"ct": ct, "ct_label": lab, "mr": torch.rand(b, 1, p, p, generator=g) * 2 - 1, "mr_label": lab,
+            "mr_has_label": torch.ones(b, dtype=torch.bool)}
+
+
+def bench(size: str, method_name: str, precision: str, channels_last: bool, iters: int, profile: bool,
+          peak: float) -> float:
+    """Time one configuration; returns the (possibly raised) fp32 peak used for the fraction."""
+    preset, over = ("cpu-demo", []) if size == "demo" else ("paper-ct", [f"data.patch_size={size}"])
+    over += [f"training.method={method_name}", f"training.precision={precision}", "training.device=cpu",
+             f"training.channels_last={str(channels_last).lower()}"]
+    cfg = load_config(preset, over)
+    torch.manual_seed(0)
+    m = build_method(cfg, "cpu")
+    b, p = cfg.training.batch_size, cfg.data.patch_size
+    batch = make_batch(method_name, b, p)
+    m.training_step(batch)  # warm-up (allocations, pools)
+    with FlopCounterMode(display=False) as fc:
+        m.training_step(batch)
+    flops = fc.get_total_flops()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        m.training_step(batch)
+        times.append(time.perf_counter() - t)
+    s = statistics.median(times)
+    # re-measure the peak right after: on a shared machine the load changes, and the fraction is only
+    # meaningful against a peak measured under the same conditions (the best one seen is used)
+    peak = max(peak, matmul_peak(reps=2))
+    gfs = flops / s / 1e9
+    print(f"{size:>5} {method_name:8} {precision:5} cl={int(channels_last)} batch {b} {p}x{p}: "
+          f"{s:8.3f} s/iter  {flops / 1e9:8.1f} GFLOP/step  {gfs:7.1f} GFLOP/s  {100 * gfs / peak:5.1f}% of fp32 peak")
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
+
+        with prof(activities=[ProfilerActivity.CPU]) as pr:
+            m.training_step(batch)
+        print(pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+    return peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["demo", "128"])
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--ct-only", action="store_true", help="also time the ct-only step")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak:.1f} GFLOP/s")
+    for size in args.sizes:
+        for prec in args.precision:
+            peak = bench(size, "cmedl", prec, args.channels_last, args.iters, args.profile, peak)
+            if args.ct_only:
+                peak = bench(size, "ct-only", prec, args.channels_last, args.iters, False, peak)
+    print(f"best fp32 matmul peak seen: {peak:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

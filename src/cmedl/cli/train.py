@@ -1,0 +1,66 @@
+"""``cmedl train``: train a method (``cmedl`` or ``ct-only``) from a config preset or YAML file.
+
+Thin wrapper: options become config overrides, then :func:`cmedl.training.trainer.train` runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cmedl.cli import app
+from cmedl.cli._common import console, handle_errors
+
+
+@app.command("train")
+@handle_errors
+def train_command(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (or its folder) with the CT/CBCT cases.")],
+    config: Annotated[str, typer.Option(
+        "--config", "-c",
+        help="Preset name (cpu-demo, paper-ct, paper-cbct, paper-ct-densefcn57, paper-ct-mrrn) or YAML file.",
+    )] = "cpu-demo",
+    mr_data: Annotated[Path | None, typer.Option(
+        "--mr-data", help="Separate manifest of MRI cases (default: the MRI cases of --data).")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", "-m", help="cmedl or ct-only (overrides training.method).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Run folder (checkpoints, logs, config.yaml).")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Config override section.key=value (repeatable), e.g. training.max_epochs=5.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (overrides training.seed).")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="cpu, cuda or auto (overrides training.device).")] = None,
+    vgg_weights: Annotated[Path | None, typer.Option(
+        "--vgg-weights", help="torchvision vgg19 ImageNet state-dict file for the contextual loss.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a segmentation model; writes config.yaml, best.pt/last.pt, log.csv, TensorBoard logs, image grids."""
+    from cmedl.errors import InputError
+    from cmedl.training.config import load_config
+    from cmedl.training.trainer import train
+
+    sets = list(overrides or [])
+    if method is not None:
+        sets.append(f"training.method={method}")
+    if seed is not None:
+        sets.append(f"training.seed={seed}")
+    if device is not None:
+        sets.append(f"training.device={device}")
+    if vgg_weights is not None:
+        if not vgg_weights.is_file():
+            raise InputError("VGG19 weights file not found", vgg_weights)
+        sets.append(f"model.vgg_weights={vgg_weights.resolve()}")
+    if quiet:
+        sets.append("training.progress=false")
+    cfg = load_config(config, sets)
+    result = train(cfg, data, mr_data, out_dir=out, resume=resume)
+    console.print(
+        f"{cfg.training.method}: best epoch {result.best_epoch}/{result.epochs}, "
+        f"val Dice loss {result.best_val_loss:.4f}, val Dice {result.best_val_dice:.4f}"
+        f"{' (early stop)' if result.stopped_early else ''}, {result.seconds:.0f} s; "
+        f"best checkpoint: {result.best_checkpoint}"
+    )

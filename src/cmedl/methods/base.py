@@ -1,0 +1,168 @@
+"""Base class of training methods: a method owns its networks and optimisers.
+
+Contract used by :mod:`cmedl.training.trainer`:
+
+- ``batch_kind``: ``"labelled"`` (batches ``{"image", "label", ...}`` of the student modality) or
+  ``"unpaired"`` (batches ``{"ct", "ct_label", "mr", "mr_label", "mr_has_label", ...}``).
+  Tensors are float32 ``[B, 1, H, W]``; labels are in {0, 1}.
+- ``training_step(batch) -> dict[str, float]``: one optimisation step, returns every loss term.
+- ``validation_step(batch) -> dict[str, float]``: student soft-Dice loss on a labelled batch plus the
+  counts needed for a data-set-level hard Dice (``intersection``, ``pred_sum``, ``label_sum``, ``n``).
+- ``visuals(batch) -> dict[str, Tensor]``: images for the per-epoch grid.
+- ``student``: the only network used at test time (``networks["student_ct"]``, also for CBCT).
+- ``state_dict()/load_state_dict()``: networks, optimisers and method extras (tensors only).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from cmedl.training.config import TrainConfig
+
+#: segmentation threshold on the student's sigmoid probability
+THRESHOLD = 0.5
+
+
+def set_requires_grad(nets: Iterable[nn.Module], flag: bool) -> None:
+    """Freeze (``False``) or unfreeze the parameters of ``nets``; activations still carry gradients."""
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def parameters_of(nets: Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for net in nets for p in net.parameters()]
+
+
+class Method(abc.ABC):
+    """A training method; subclasses fill :attr:`networks` and :attr:`optimizers` in ``__init__``."""
+
+    name: ClassVar[str] = "method"
+    batch_kind: ClassVar[str] = "labelled"
+
+    def __init__(self, config: TrainConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.networks: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def student(self) -> nn.Module:
+        """The CT/CBCT segmentation network (the only one used at test time)."""
+        return self.networks["student_ct"]
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.training.channels_last else torch.contiguous_format
+
+    def _finish_networks(self) -> None:
+        """Move every network to the device (and memory format) after construction."""
+        for net in self.networks.values():
+            net.to(self.device, memory_format=self.memory_format)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when ``training.precision == "bf16"`` (weights stay fp32), else a no-op."""
+        if self.config.training.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Move an image batch ``[B,C,H,W]`` to the device as float32 in the configured memory format."""
+        return x.to(self.device, dtype=torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def train(self) -> None:
+        for net in self.networks.values():
+            net.train()
+
+    def eval(self) -> None:
+        for net in self.networks.values():
+            net.eval()
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode + no_grad inside the block; the previous train/eval modes are restored after."""
+        modes = {k: n.training for k, n in self.networks.items()}
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for k, n in self.networks.items():
+                n.train(modes[k])
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {k: sum(p.numel() for p in n.parameters()) for k, n in self.networks.items()}
+
+    # ------------------------------------------------------------------ steps
+    @abc.abstractmethod
+    def training_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns every loss term as a float."""
+
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Student soft-Dice loss on a labelled batch ``{"image", "label"}`` (eval mode, no grad).
+
+        Returns ``loss`` (mean soft Dice loss of the batch), ``n`` (batch size) and the pixel counts
+        ``intersection``, ``pred_sum``, ``label_sum`` of the thresholded prediction for a global Dice.
+        """
+        from cmedl.losses import soft_dice_loss
+
+        image = self.to_device(batch["image"])
+        label = self.to_device(batch["label"])
+        with self.evaluating(), self.autocast():
+            logits = self.student(image).float()
+            loss = soft_dice_loss(logits, label)
+        pred = (logits > 0).float()  # sigmoid(logit) > 0.5
+        return {
+            "loss": float(loss),
+            "n": float(image.shape[0]),
+            "intersection": float((pred * label).sum()),
+            "pred_sum": float(pred.sum()),
+            "label_sum": float(label.sum()),
+        }
+
+    def visuals(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Images ``[B,1,H,W]`` (CPU, float) for the per-epoch grid, computed in eval mode."""
+        image = self.to_device(batch["image"])
+        with self.evaluating(), self.autocast():
+            pred = (self.student(image).float() > 0).float()
+        return {"CT": image.cpu(), "expert": batch["label"].float().cpu(), "predicted": pred.cpu()}
+
+    # ------------------------------------------------------------------ state
+    def extra_state(self) -> dict[str, Any]:
+        """Method-specific state beyond networks and optimisers (tensors/ints only)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`extra_state`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"networks": {name: state_dict}, "optimizers": {name: state_dict}, "method_state": {...}}``."""
+        return {
+            "networks": {k: n.state_dict() for k, n in self.networks.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "method_state": {"global_step": self.global_step, **self.extra_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore networks, optimisers (if present) and extras; missing networks are an error."""
+        missing = sorted(set(self.networks) - set(state.get("networks", {})))
+        if missing:
+            from cmedl.errors import InputError
+
+            raise InputError(f"checkpoint lacks networks {missing} needed by method '{self.name}'")
+        for k, net in self.networks.items():
+            net.load_state_dict(state["networks"][k])
+        for k, opt in self.optimizers.items():
+            if k in state.get("optimizers", {}):
+                opt.load_state_dict(state["optimizers"][k])
+        extra = dict(state.get("method_state", {}))
+        self.global_step = int(extra.pop("global_step", 0))
+        self.load_extra_state(extra)
