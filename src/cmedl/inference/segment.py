@@ -8,7 +8,10 @@ Pipeline of :func:`segment_volume` for one volume ``[z, y, x]``:
 2. the student alone runs slice by slice (axial slices, batches of ``batch_size``) under
    :func:`torch.inference_mode`; the working grid is padded once for the whole volume to the
    network's ``stride`` (not per slice) and the sigmoid probabilities are written into one
-   preallocated float32 array;
+   preallocated float32 array. A 3D student (``net.dims == 3``, the ``ct-only-3d`` 3D U-Net)
+   instead runs over the whole working volume by sliding window
+   (:func:`cmedl.nets.sliding_window_predict_3d`: patches of the training ``data.patch_size_3d``,
+   25 % overlap, Gaussian blending of the logits; :func:`predict_volume_3d`);
 3. the probability map goes back onto exactly the input grid with
    :func:`cmedl.data.preprocess.restore_to_input` (linear interpolation if the preprocessing
    resampled in-plane, probability 0 outside the body crop);
@@ -149,7 +152,8 @@ def inference_copy(
         fold_batchnorm(inf)
     if channels_last is None:
         channels_last = device.type == "cpu"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    layout = torch.channels_last_3d if int(getattr(net, "dims", 2)) == 3 else torch.channels_last
+    fmt = layout if channels_last else torch.contiguous_format
     inf = inf.to(device=device, memory_format=fmt)
     inf._cmedl_inference = (device, fmt)  # marks the copy so predict_slices reuses it
     return inf
@@ -260,6 +264,67 @@ def predict_slices(
     return out, sd
 
 
+def predict_volume_3d(
+    net: nn.Module,
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    *,
+    overlap: float = 0.25,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    amp_bf16: bool = False,
+    pad_value: float = -1.0,
+    channels_last: bool | None = None,
+) -> np.ndarray:
+    """Sigmoid probabilities of a 3D network over a whole volume by sliding window.
+
+    Args:
+        net: a 3D network mapping ``[B, 1, d, h, w]`` patches to logits of the same size.
+        image: float32 ``[z, rows, cols]`` network input (already normalised).
+        patch_size: ``(d, h, w)`` window in voxels (the training patch size).
+        overlap: fraction of overlap of neighbouring windows, in ``[0, 1)``; overlapping logits
+            are blended with Gaussian weights (MONAI ``sliding_window_inference``).
+        batch_size: windows per forward pass (None: 1 on CPU, :data:`CUDA_BATCH` on CUDA).
+        device, amp_bf16, channels_last: as in :func:`predict_slices`.
+        pad_value: axes shorter than the window are padded at their high end with this value
+            (the preprocessing's background, rather than MONAI's constant 0) and cropped back.
+
+    Returns:
+        float32 ``[z, rows, cols]`` probabilities.
+    """
+    from cmedl.nets import sliding_window_predict_3d
+
+    if image.ndim != 3:
+        raise InputError(f"image must be 3D [z, rows, cols], got shape {image.shape}")
+    if len(patch_size) != 3 or min(int(p) for p in patch_size) < 1:
+        raise InputError(f"3D patch size must be three positive ints (d, h, w), got {tuple(patch_size)}")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    dev = resolve_device(device)
+    if batch_size is None:
+        batch_size = CUDA_BATCH if dev.type == "cuda" else 1
+    if int(batch_size) < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    marker = getattr(net, "_cmedl_inference", None)
+    if marker is not None and marker[0] == dev and channels_last is None:
+        run_net = net
+    else:
+        run_net = inference_copy(net, dev, channels_last=channels_last)
+    shape = image.shape
+    pads = [max(int(p) - n, 0) for p, n in zip(patch_size, shape)]
+    arr = np.ascontiguousarray(image, dtype=np.float32)
+    if any(pads):
+        arr = np.pad(arr, [(0, p) for p in pads], mode="constant", constant_values=np.float32(pad_value))
+    x = torch.from_numpy(arr).to(dev)
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(amp_bf16))
+    with torch.inference_mode(), autocast:
+        logits = sliding_window_predict_3d(
+            run_net, x, [int(p) for p in patch_size], overlap=float(overlap), sw_batch_size=int(batch_size)
+        )
+        probs = torch.sigmoid(logits.float())[0, 0, : shape[0], : shape[1], : shape[2]]
+    return np.ascontiguousarray(probs.cpu().numpy(), dtype=np.float32)
+
+
 def _enable_mc_dropout(net: nn.Module) -> int:
     """Dropout layers only in training mode (``net.enable_mc_dropout()`` of cmedl networks, else
     every ``nn.Dropout*`` module); returns how many were switched on."""
@@ -302,8 +367,11 @@ def segment_volume(
     mc_dropout_samples: int = 0,
     seed: int = 0,
     channels_last: bool | None = None,
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.25,
 ) -> SegmentationResult:
-    """Segment one volume with a 2D student network; every output is on ``volume``'s exact grid.
+    """Segment one volume with a 2D (slice-wise) or 3D (sliding-window) student; every output is on
+    ``volume``'s exact grid.
 
     Args:
         volume: the CT/CBCT volume (CT in HU), array ``[z, y, x]``.
@@ -322,6 +390,9 @@ def segment_volume(
             per-voxel SD; see the module docstring).
         seed: seed of the MC-dropout masks.
         channels_last: memory format (None: channels_last on CPU, where it is faster).
+        patch_size: ``(d, h, w)`` sliding window of a 3D student (``net.dims == 3``; required
+            then: the checkpoint's ``data.patch_size_3d``); ignored for 2D students.
+        overlap: sliding-window overlap of a 3D student, in ``[0, 1)``.
 
     Raises:
         InputError: bad arguments or an image the preprocessing refuses (named by its source).
@@ -330,19 +401,31 @@ def segment_volume(
 
     if not 0.0 < float(threshold) < 1.0:
         raise InputError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    is_3d = int(getattr(net, "dims", 2)) == 3
+    if is_3d and patch_size is None:
+        raise InputError("a 3D student needs the sliding-window patch size (the checkpoint's data.patch_size_3d)")
+    if is_3d and mc_dropout_samples:
+        raise InputError("MC dropout is implemented for 2D (slice-wise) students only")
     prepared = prepare_volume(volume, preprocess)
-    probs_w, sd_w = predict_slices(
-        net,
-        prepared.image,
-        batch_size=batch_size,
-        device=device,
-        amp_bf16=amp_bf16,
-        activation=torch.sigmoid,
-        pad_value=prepared.pad_value,
-        mc_dropout_samples=mc_dropout_samples,
-        seed=seed,
-        channels_last=channels_last,
-    )
+    if is_3d:
+        probs_w: np.ndarray = predict_volume_3d(
+            net, prepared.image, patch_size, overlap=overlap, batch_size=batch_size,  # type: ignore[arg-type]
+            device=device, amp_bf16=amp_bf16, pad_value=prepared.pad_value, channels_last=channels_last,
+        )
+        sd_w: np.ndarray | None = None
+    else:
+        probs_w, sd_w = predict_slices(
+            net,
+            prepared.image,
+            batch_size=batch_size,
+            device=device,
+            amp_bf16=amp_bf16,
+            activation=torch.sigmoid,
+            pad_value=prepared.pad_value,
+            mc_dropout_samples=mc_dropout_samples,
+            seed=seed,
+            channels_last=channels_last,
+        )
     probs = restore_to_input(probs_w, prepared, is_label=False, fill_value=0.0)
     del probs_w
     np.clip(probs, 0.0, 1.0, out=probs)  # linear interpolation cannot leave [0, 1]; guards rounding
@@ -409,18 +492,21 @@ def _named(exc: CmedlError, path: Path) -> CmedlError:
     return exc if str(path) in str(exc) else InputError(str(exc), path)
 
 
-def _load_student(model_path: str | Path) -> tuple[nn.Module, PreprocessConfig]:
+def _load_student(
+    model_path: str | Path,
+) -> tuple[nn.Module, PreprocessConfig, tuple[int, int, int] | None]:
+    """Student, its preprocessing and, for a 3D student, the sliding-window size (training patch)."""
     from cmedl.methods import build_student_from_checkpoint
     from cmedl.training.checkpoint import load_checkpoint
+    from cmedl.training.config import TrainConfig
 
     ckpt = load_checkpoint(model_path)
     net, cfg = build_student_from_checkpoint(ckpt, source=model_path)
-    if int(getattr(net, "dims", 2)) != 2:
-        raise InputError(
-            f"the student is a {net.dims}D network; cmedl segment runs 2D slice networks",
-            model_path,
-        )
-    return net, cfg
+    patch = None
+    if int(getattr(net, "dims", 2)) == 3:  # the config was validated by build_student_from_checkpoint
+        p = TrainConfig.from_dict(ckpt["config"]).data.patch_size_3d
+        patch = (int(p[0]), int(p[1]), int(p[2]))
+    return net, cfg, patch
 
 
 def segment_files(
@@ -462,7 +548,9 @@ def segment_files(
         raise InputError(f"the number of MC-dropout samples must be >= 0, got {mc_dropout_samples}")
     dev = resolve_device(device)
     cases = check_inputs(inputs, out_dir)
-    net, cfg = _load_student(model_path)
+    net, cfg, patch_size = _load_student(model_path)
+    if patch_size is not None and mc_dropout_samples:
+        raise InputError("MC dropout is implemented for 2D (slice-wise) students only", model_path)
     run_net = inference_copy(net, dev)
     del net
     out_dir = Path(out_dir)
@@ -483,6 +571,7 @@ def segment_files(
                 amp_bf16=amp_bf16,
                 mc_dropout_samples=mc_dropout_samples,
                 seed=seed,
+                patch_size=patch_size,
             )
         except CmedlError as exc:
             raise _named(exc, path) from None
@@ -505,6 +594,7 @@ __all__ = [
     "fold_batchnorm",
     "inference_copy",
     "predict_slices",
+    "predict_volume_3d",
     "resolve_device",
     "segment_files",
     "segment_volume",

@@ -1,6 +1,8 @@
 """Training methods (each owns its networks and optimisers) and model loading from checkpoints.
 
-- :func:`build_method` ``(config, device) -> Method``: ``cmedl`` or ``ct-only`` (``config.training.method``).
+- :func:`build_method` ``(config, device) -> Method``: ``cmedl``, ``ct-only`` (2D networks) or ``ct-only-3d``
+  (3D U-Net on 3D patches) by ``config.training.method``; ``model.arch`` must be a network of the
+  method's ``dims`` (2 unless the class says ``dims = 3``), else a ConfigError names the choices.
 - :func:`build_student_from_checkpoint` ``(ckpt) -> (student net in eval mode, PreprocessConfig)``.
 - :func:`build_generator_from_checkpoint` ``(ckpt, direction) -> (generator in eval mode, PreprocessConfig)``.
 
@@ -19,6 +21,7 @@ from cmedl.errors import ConfigError, InputError, did_you_mean
 from cmedl.methods.base import Method
 from cmedl.methods.cmedl import CMEDL
 from cmedl.methods.ct_only import CTOnly, build_student_net
+from cmedl.methods.ct_only_3d import CTOnly3D, check_arch_dims
 from cmedl.methods.image_pool import ImagePool
 from cmedl.training.config import TrainConfig
 
@@ -26,8 +29,7 @@ if TYPE_CHECKING:
     from cmedl.data.preprocess import PreprocessConfig
 
 #: registry: method name -> class
-METHODS: dict[str, type[Method]] = {"cmedl": CMEDL, "ct-only": CTOnly}
-# TODO(issue 6): register "ct-only-3d" (3D U-Net on 3D patches, cmedl.nets.UNet3D) once it lands.
+METHODS: dict[str, type[Method]] = {"cmedl": CMEDL, "ct-only": CTOnly, "ct-only-3d": CTOnly3D}
 
 #: checkpoint network name of each translation direction
 GENERATOR_NAMES = {"ct2mr": "g_ct2mr", "mr2ct": "g_mr2ct"}
@@ -37,6 +39,7 @@ __all__ = [
     "GENERATOR_NAMES",
     "METHODS",
     "CTOnly",
+    "CTOnly3D",
     "ImagePool",
     "Method",
     "build_generator_from_checkpoint",
@@ -51,7 +54,9 @@ def build_method(config: TrainConfig, device: torch.device | str = "cpu") -> Met
     name = config.training.method
     if name not in METHODS:
         raise ConfigError(did_you_mean(name, METHODS, "method"))
-    return METHODS[name](config, device)
+    cls = METHODS[name]
+    check_arch_dims(config, int(getattr(cls, "dims", 2)), name)
+    return cls(config, device)
 
 
 def preprocess_configs(config: TrainConfig) -> tuple[PreprocessConfig, PreprocessConfig]:

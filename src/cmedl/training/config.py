@@ -10,7 +10,7 @@ A :class:`TrainConfig` has five sections::
     evaluation surface-Dice tolerance tau (mm) used when the trained model is evaluated
 
 Presets are YAML files in the package folder ``cmedl/configs/`` (``cpu-demo``, ``paper-ct``,
-``paper-cbct``, ``paper-ct-densefcn57``, ``paper-ct-mrrn``). A preset (or user file) may start with
+``paper-cbct``, ``paper-ct-densefcn57``, ``paper-ct-mrrn``, ``paper-cbct-unet3d``). A preset (or user file) may start with
 ``extends: <preset name or relative file>`` and then only lists what differs. Unknown keys anywhere
 raise :class:`~cmedl.errors.ConfigError` with a did-you-mean hint. The full config is written as
 ``config.yaml`` next to every run (:func:`save_config`).
@@ -32,7 +32,10 @@ from cmedl.errors import ConfigError, did_you_mean
 #: Folder holding the YAML presets shipped with the package.
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-METHODS = ("cmedl", "ct-only")
+METHODS = ("cmedl", "ct-only", "ct-only-3d")
+#: segmentation networks by name (= ``cmedl.nets.SEGMENTATION_NETS``; kept here so that a config
+#: is checked without importing torch; a test keeps the two in sync)
+SEGMENTATION_ARCHS = ("unet", "densefcn57", "mrrn", "unet3d")
 STUDENT_MODALITIES = ("ct", "cbct")
 HINT_LAYERS = ("high", "mid", "low")
 GAN_MODES = ("lsgan", "bce")
@@ -48,6 +51,9 @@ class DataConfig:
     modality: str = "ct"
     #: side of the square training patches, pixels (papers: 256)
     patch_size: int = 256
+    #: 3D patch ``[d, h, w]`` voxels (z, y, x) of volumetric methods (``ct-only-3d``); also the
+    #: sliding-window size of ``cmedl segment`` for them
+    patch_size_3d: list[int] = field(default_factory=lambda: [32, 128, 128])
     #: fraction of training patches centred on a tumour-containing slice/region (rest: random body)
     tumour_fraction: float = 0.7
     #: training samples drawn per epoch; an epoch has ``samples_per_epoch // batch_size`` iterations
@@ -72,9 +78,15 @@ class DataConfig:
 class ModelConfig:
     """Networks. Widths are channel counts of the first level; None means the paper's width."""
 
-    #: segmentation architecture of student and teacher: ``unet``, ``densefcn57``, ``mrrn``
+    #: segmentation architecture of student and teacher: ``unet``, ``densefcn57``, ``mrrn`` (2D
+    #: methods) or ``unet3d`` (``ct-only-3d``); teacher and student always share it
     arch: str = "unet"
-    #: base width of the segmentation nets (None: architecture default, U-Net 64)
+    #: base width of the segmentation nets (U-Net/MRRN/3D U-Net: first level's channels; DenseFCN57:
+    #: growth rate). None: the architecture's paper width (64, 12, 64, 32). In YAML or overrides it
+    #: may also be a mapping ``{arch: width}`` so one preset fits every architecture (e.g. a CPU
+    #: preset ``{unet: 16, densefcn57: 4, mrrn: 16}``); the mapping is resolved for ``arch`` when the
+    #: config is built (an architecture missing from it gets its paper width), so a built config and
+    #: its saved ``config.yaml`` hold a plain int or null.
     seg_base_width: int | None = None
     #: which features are tied by the hint loss: ``high`` (last two layers), ``mid``, ``low``
     hint_layers: str = "high"
@@ -185,7 +197,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str | Path | None = None) -> TrainConfig:
         """Build and validate from a (possibly partial) nested dict; unknown keys raise ConfigError."""
-        cfg = _build(cls, raw, "", source)
+        cfg = _build(cls, _resolve_arch_widths(raw, source), "", source)
         cfg.validate(source)
         return cfg
 
@@ -201,12 +213,19 @@ class TrainConfig:
                 raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}", source)
 
         choice("training.method", self.training.method, METHODS)
+        choice("model.arch", self.model.arch, SEGMENTATION_ARCHS)
         choice("data.modality", self.data.modality, STUDENT_MODALITIES)
         choice("model.hint_layers", self.model.hint_layers, HINT_LAYERS)
         choice("loss.gan_mode", self.loss.gan_mode, GAN_MODES)
         choice("training.device", self.training.device, DEVICES)
         choice("training.precision", self.training.precision, PRECISIONS)
         positive("data.patch_size", self.data.patch_size)
+        if len(self.data.patch_size_3d) != 3 or min(self.data.patch_size_3d) < 1:
+            raise ConfigError(
+                f"data.patch_size_3d: must be three positive ints [d, h, w], got {self.data.patch_size_3d}", source
+            )
+        if self.model.seg_base_width is not None:
+            positive("model.seg_base_width", self.model.seg_base_width)
         positive("training.batch_size", self.training.batch_size)
         positive("training.max_epochs", self.training.max_epochs)
         positive("training.patience", self.training.patience)
@@ -241,6 +260,22 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------- building
+def _resolve_arch_widths(raw: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
+    """``model.seg_base_width`` given as a mapping ``{arch: width}`` -> the width of ``model.arch``
+    (None when the mapping lacks it: the paper width). Unknown architecture keys are an error."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("seg_base_width"), dict):
+        return raw
+    widths = model["seg_base_width"]
+    for key in widths:
+        if key not in SEGMENTATION_ARCHS:
+            raise ConfigError(
+                f"model.seg_base_width: {did_you_mean(str(key), SEGMENTATION_ARCHS, 'architecture')}", source
+            )
+    arch = str(model.get("arch", ModelConfig.arch))
+    return {**raw, "model": {**model, "seg_base_width": widths.get(arch)}}
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -5,6 +5,9 @@ slice datasets draw item ``i`` of epoch ``e`` from ``(seed, e, i)``). After ever
 is validated on a FIXED set of ``data.val_samples`` validation patches (same patches every epoch:
 ``tumour_fraction`` of them on tumour slices, the rest tumour-free), giving the mean soft-Dice loss
 ``val_loss`` (early-stopping criterion) and the data-set-level hard Dice ``val_dice``.
+Methods whose class says ``dims = 3`` (``ct-only-3d``) get 3D patches of ``data.patch_size_3d``
+instead (:class:`cmedl.data.datasets3d.PatchDataset3D`, flips as the only augmentation), validated
+on fixed 3D validation patches the same way.
 
 Outputs in ``out_dir``::
 
@@ -131,9 +134,14 @@ class _Data:
 
 
 def build_data(
-    config: TrainConfig, manifest: Manifest, mr_manifest: Manifest | None, unpaired: bool, progress: bool
+    config: TrainConfig, manifest: Manifest, mr_manifest: Manifest | None, unpaired: bool, progress: bool,
+    dims: int = 2,
 ) -> _Data:
-    """Training dataset (labelled student slices, or unpaired student/MRI) and fixed validation patches."""
+    """Training dataset (labelled student slices, or unpaired student/MRI) and fixed validation patches.
+
+    ``dims=3``: labelled 3D patches (``data.patch_size_3d``) for volumetric methods; ``augment`` then
+    means random flips of every axis with ``augment_params.flip_prob``.
+    """
     from cmedl.data.augment import AugmentConfig
     from cmedl.data.datasets import SliceDataset, UnpairedDataset, VolumeCache
     from cmedl.methods import preprocess_configs
@@ -169,6 +177,17 @@ def build_data(
                 f"MRI and {d.modality} cases share patients {', '.join(shared[:5])}; CMEDL needs MRI of other "
                 "patients (unpaired)", mr_src.root / "manifest.json",
             )
+    if dims == 3:
+        if unpaired:
+            raise ConfigError("3D training supports labelled (single-modality) methods only")
+        from cmedl.data.datasets3d import PatchDataset3D
+
+        flip = augment.flip_prob if isinstance(augment, AugmentConfig) else 0.0
+        train3d = PatchDataset3D(cache(manifest, "train", d.modality, student_pp, True), d.patch_size_3d,
+                                 d.tumour_fraction, d.samples_per_epoch, flip, seed=seed)
+        val3d = PatchDataset3D(cache(manifest, "val", d.modality, student_pp, True), d.patch_size_3d, 0.5,
+                               d.val_samples, 0.0, seed=seed + 7919)
+        return _Data(train3d, val3d, student_pp, None)
     train_ct = SliceDataset(cache(manifest, "train", d.modality, student_pp, True), patch, d.tumour_fraction,
                             d.samples_per_epoch, augment, seed)
     val = SliceDataset(cache(manifest, "val", d.modality, student_pp, True), patch, 0.5, d.val_samples,
@@ -261,7 +280,8 @@ def train(
 
     seed_everything(tc.seed)
     method = build_method(config, device)
-    data = build_data(config, manifest, mr_m, method.batch_kind == "unpaired", tc.progress)
+    data = build_data(config, manifest, mr_m, method.batch_kind == "unpaired", tc.progress,
+                      dims=int(getattr(method, "dims", 2)))
     if len(data.train) < tc.batch_size:
         raise ConfigError(f"data.samples_per_epoch ({len(data.train)}) is smaller than the batch size")
 
