@@ -18,11 +18,19 @@ def demo_command(
     n_ct: int = typer.Option(20, "--ct", help="Phantom CT patients."),
     n_mr: int = typer.Option(12, "--mr", help="Phantom MRI patients (different patients from the CTs)."),
     arch: str = typer.Option(None, "--arch", help="Segmentation network: unet, densefcn57 or mrrn (default: the preset's)."),
+    size: str = typer.Option("32x112x112", "--size", help="Phantom voxels ZxYxX (slices x rows x columns)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom, splits and training."),
     set_: list[str] = typer.Option(None, "--set", help="Config override key=value (repeatable)."),
 ) -> None:
     """Phantom cohort -> train CT-only and CMEDL -> segment test CTs -> evaluate -> table + figure."""
     from cmedl.demo import run_demo
+    from cmedl.errors import InputError
 
-    run_demo(out, config=config, n_ct=n_ct, n_mr=n_mr, seed=seed, overrides=list(set_ or []), arch=arch,
+    try:
+        shape = tuple(int(v) for v in size.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 8:
+        raise InputError(f"--size must be three integers >= 8 like 32x112x112, got '{size}'")
+    run_demo(out, config=config, n_ct=n_ct, n_mr=n_mr, seed=seed, shape=shape, overrides=list(set_ or []), arch=arch,
              log=lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False))

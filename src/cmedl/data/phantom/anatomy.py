@@ -170,13 +170,14 @@ def sample_patient(rng: np.random.Generator) -> Patient:
             p=[0.4, 0.25, 0.35],
         )
     )
-    # diameters: log-uniform 10..70 mm, with 20 % small nodules of 5..10 mm
+    # diameters: a radiotherapy (locally advanced NSCLC) cohort: log-uniform 15..70 mm, with 15 % small
+    # nodules of 5..15 mm, so most cases carry a tumour the demo networks can learn at ~3 mm voxels
     diam = tuple(
         float(
             np.exp(
-                u(np.log(5.0), np.log(10.0))
-                if rng.random() < 0.2
-                else u(np.log(10.0), np.log(70.0))
+                u(np.log(5.0), np.log(15.0))
+                if rng.random() < 0.15
+                else u(np.log(15.0), np.log(70.0))
             )
         )
         for _ in range(n_tum)

@@ -1,0 +1,57 @@
+"""End-to-end demo at minimal size (slow: run with ``pytest -m slow``; CI runs it)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cmedl.cli import app
+from cmedl.data.manifest import Manifest
+from cmedl.io import read_volume
+
+TINY = [
+    "training.max_epochs=1",
+    "data.samples_per_epoch=16",
+    "data.val_samples=8",
+    "data.patch_size=32",
+    "model.seg_base_width=4",
+    "model.gen_base_width=4",
+    "model.gen_n_blocks=1",
+    "model.disc_base_width=4",
+    "training.image_grid=false",
+]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_minimal(tmp_path):
+    args = ["demo", "--out", str(tmp_path / "demo"), "--ct", "8", "--mr", "5", "--seed", "1"]
+    for o in TINY:
+        args += ["--set", o]
+    result = CliRunner().invoke(app, args + ["--size", "12x48x48"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "demo"
+    assert "ct-only" in result.output and "cmedl" in result.output and "Wilcoxon" in result.output
+    manifest = Manifest.load(out / "phantom" / "manifest.json")
+    test_cases = manifest.select(split="test", modality="ct")
+    assert test_cases
+    # predicted masks line up with the CT they were computed from
+    for method in ("ct-only", "cmedl"):
+        for case in test_cases:
+            pred = read_volume(out / method / "pred" / f"{case.id}.nii.gz")
+            ct = read_volume(manifest.image_path(case))
+            assert pred.same_geometry(ct)
+            assert set(np.unique(pred.array)) <= {0, 1}
+        rows = list(csv.DictReader(open(out / f"{method}.csv")))
+        assert sorted(r["case_id"] for r in rows) == sorted(c.id for c in test_cases)
+        assert all(0.0 <= float(r["dsc"]) <= 1.0 for r in rows)
+        assert (out / method / "best.pt").exists() and (out / method / "config.yaml").exists()
+    table = list(csv.reader(open(out / "comparison.csv")))
+    assert [row[0] for row in table[1:]] == ["ct-only", "cmedl"]
+    assert (out / "demo_slices.png").stat().st_size > 10_000
+    # a second run reuses the finished steps instead of retraining
+    again = CliRunner().invoke(app, args + ["--size", "12x48x48"])
+    assert again.exit_code == 0, again.output
+    assert "reusing finished run" in again.output
