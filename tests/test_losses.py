@@ -386,3 +386,28 @@ def test_hint_mismatch_errors_list_shapes() -> None:
         hint_loss(s, s[:1])
     with pytest.raises(ConfigError, match="no hint features"):
         hint_loss([], [])
+
+
+def test_batch_dice_pools_samples_and_penalises_false_positives_on_empty_targets():
+    import torch as _t
+
+    from cmedl.losses import soft_dice_loss as _dice
+
+    logits = _t.full((2, 1, 4, 4), -20.0)
+    target = _t.zeros(2, 1, 4, 4)
+    target[0, 0, :2, :2] = 1
+    logits[0, 0, :2, :2] = 20.0  # sample 0 perfect
+    logits[1, 0] = 20.0  # sample 1: all 16 pixels false positive on an empty target
+    pooled = _dice(logits, target, reduction="batch", smooth=0.0)
+    # pooled: 2*4 / (4 + 16 + 4) = 1/3 Dice
+    assert abs(float(pooled) - (1 - 8 / 24)) < 1e-4
+    # the false positives keep a gradient under batch Dice (per-sample Dice on an empty target saturates)
+    x = (logits / 10).clone().requires_grad_(True)  # unsaturated sigmoid
+    _dice(x, target, reduction="batch").backward()
+    per_sample = (logits / 10).clone().requires_grad_(True)
+    _dice(per_sample, target, reduction="mean").backward()
+    assert x.grad[1].abs().sum() > 3 * per_sample.grad[1].abs().sum()
+    masked = _dice(logits, target, reduction="batch", sample_mask=_t.tensor([True, False]), smooth=0.0)
+    assert abs(float(masked)) < 1e-4
+    none = _dice(logits, target, reduction="batch", sample_mask=_t.tensor([False, False]))
+    assert float(none) == 0.0

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 __all__ = ["SoftDiceLoss", "soft_dice_loss"]
 
-Reduction = Literal["mean", "sum", "none"]
+Reduction = Literal["mean", "sum", "none", "batch"]
 
 
 def soft_dice_loss(
@@ -49,8 +49,9 @@ def soft_dice_loss(
         sample_mask: optional bool ``[B]``; ``False`` marks samples without a label (e.g. an
             unlabelled MRI), which are left out of the loss and get no gradient.
         smooth: additive smoothing in numerator and denominator (see module docstring).
-        reduction: ``"mean"`` over labelled samples, ``"sum"`` over labelled samples, or ``"none"``
-            for the per-sample losses ``[B]`` (masked samples are 0).
+        reduction: ``"mean"`` over labelled samples, ``"sum"`` over labelled samples, ``"none"``
+            for the per-sample losses ``[B]`` (masked samples are 0), or ``"batch"``: one Dice of
+            the pooled sums over all labelled samples (nnU-Net's "batch Dice").
 
     Returns:
         A float32 scalar (``"mean"``/``"sum"``) or ``[B]`` (``"none"``). When no sample is labelled
@@ -63,9 +64,9 @@ def soft_dice_loss(
         )
     if logits.dim() < 2:
         raise ValueError(f"soft_dice_loss: expected [B, C, ...], got shape {tuple(logits.shape)}")
-    if reduction not in ("mean", "sum", "none"):
+    if reduction not in ("mean", "sum", "none", "batch"):
         raise ValueError(
-            f"soft_dice_loss: unknown reduction {reduction!r} (choices: mean, sum, none)"
+            f"soft_dice_loss: unknown reduction {reduction!r} (choices: mean, sum, none, batch)"
         )
     batch = logits.shape[0]
     if sample_mask is not None:
@@ -79,6 +80,13 @@ def soft_dice_loss(
     tgt = target.float().flatten(1)
     inter = (prob * tgt).sum(dim=1)
     denom = prob.sum(dim=1) + tgt.sum(dim=1)
+    if reduction == "batch":
+        # one Dice over all labelled samples pooled ("batch Dice"): false positives on tumour-free
+        # patches share the denominator with the tumour patches, so they keep a gradient (per-sample
+        # Dice saturates on empty targets: d/dp of sum(p)/(sum(p)+smooth) vanishes as sum(p) grows).
+        w = torch.ones_like(inter) if sample_mask is None else sample_mask.to(inter.dtype)
+        pooled = 1.0 - (2.0 * (w * inter).sum() + smooth) / ((w * denom).sum() + smooth)
+        return pooled * (w.sum() > 0).to(pooled.dtype)
     per_sample = 1.0 - (2.0 * inter + smooth) / (denom + smooth)  # [B]
 
     if sample_mask is None:

@@ -106,19 +106,26 @@ class Method(abc.ABC):
     def training_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on ``batch``; returns every loss term as a float."""
 
+    def seg_loss(self, logits: torch.Tensor, label: torch.Tensor, sample_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Soft Dice loss with the configured reduction (``loss.dice_reduction``: batch or sample)."""
+        from cmedl.losses import soft_dice_loss
+
+        mode = self.config.loss.dice_reduction
+        return soft_dice_loss(logits.float(), label, sample_mask=sample_mask,
+                              reduction="batch" if mode == "batch" else "mean")
+
     def validation_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """Student soft-Dice loss on a labelled batch ``{"image", "label"}`` (eval mode, no grad).
 
         Returns ``loss`` (mean soft Dice loss of the batch), ``n`` (batch size) and the pixel counts
         ``intersection``, ``pred_sum``, ``label_sum`` of the thresholded prediction for a global Dice.
         """
-        from cmedl.losses import soft_dice_loss
 
         image = self.to_device(batch["image"])
         label = self.to_device(batch["label"])
         with self.evaluating(), self.autocast():
             logits = self.student(image).float()
-            loss = soft_dice_loss(logits, label)
+            loss = self.seg_loss(logits, label)
         pred = (logits > 0).float()  # sigmoid(logit) > 0.5
         return {
             "loss": float(loss),

@@ -127,7 +127,7 @@ class CMEDL(Method):
         Keys: ``ct``, ``mr``, ``fake_mr`` (pMRI), ``fake_ct`` (or None), ``g_terms``/``s_terms``
         (unweighted terms), ``loss_g``, ``loss_s`` (weighted totals of the G and S steps).
         """
-        from cmedl.losses import cycle_loss, hint_loss, soft_dice_loss
+        from cmedl.losses import cycle_loss, hint_loss
 
         lc = self.config.loss
         ct, ct_label = self.to_device(batch["ct"]), self.to_device(batch["ct_label"])
@@ -160,9 +160,9 @@ class CMEDL(Method):
                 g_terms["contextual"] = self.contextual(fake_mr[:k].float(), mr[:k])
             s_logits, s_feats = student(ct, return_features=True)
             t_logits_p, t_feats_p = teacher(fake_mr, return_features=True)
-            s_terms["seg_ct"] = soft_dice_loss(s_logits.float(), ct_label)
+            s_terms["seg_ct"] = self.seg_loss(s_logits, ct_label)
             if lc.use_seg_pmri:
-                seg_pm = soft_dice_loss(t_logits_p.float(), ct_label)
+                seg_pm = self.seg_loss(t_logits_p, ct_label)
                 g_terms["seg_pmri"] = seg_pm
                 s_terms["seg_pmri"] = seg_pm
             if lc.use_hint:
@@ -173,9 +173,7 @@ class CMEDL(Method):
                 s_terms["hint"] = hint if lc.hint_to_teacher else hint_loss(s_f, t_f, detach_teacher=True)
             if lc.use_seg_real_mri and any_labelled_mr:
                 t_logits_r = teacher(mr)
-                s_terms["seg_rmri"] = soft_dice_loss(
-                    t_logits_r.float(), mr_label, sample_mask=has_cpu.to(self.device)
-                )
+                s_terms["seg_rmri"] = self.seg_loss(t_logits_r, mr_label, sample_mask=has_cpu.to(self.device))
         g_w = {"adv_g": lc.lambda_adv, "cycle": lc.lambda_cycle, "contextual": lc.lambda_contextual,
                "hint": lc.lambda_hint, "seg_pmri": lc.lambda_seg}
         s_w = {"seg_ct": 1.0, "seg_pmri": 1.0, "seg_rmri": 1.0, "hint": lc.lambda_hint}

@@ -42,15 +42,13 @@ class CTOnly(Method):
         )
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        from cmedl.losses import soft_dice_loss
-
         image = self.to_device(batch["image"])
         label = self.to_device(batch["label"])
         opt = self.optimizers["s"]
         opt.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.student(image)
-        loss = soft_dice_loss(logits.float(), label)
+        loss = self.seg_loss(logits, label)
         loss.backward()
         opt.step()
         self.global_step += 1

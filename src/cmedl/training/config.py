@@ -121,6 +121,9 @@ class LossConfig:
     use_seg_real_mri: bool = True
     #: hint gradient also flows into the teacher (mutual learning, default) or only into the student
     hint_to_teacher: bool = True
+    #: soft Dice reduction of every segmentation loss: ``batch`` (one Dice over the pooled batch, keeps
+    #: penalising false positives on tumour-free patches) or ``sample`` (mean of per-sample Dice losses)
+    dice_reduction: str = "batch"
     #: adversarial loss form
     gan_mode: str = "lsgan"
     #: contextual loss on these VGG19 layers (torchvision layout names), bandwidth h
@@ -217,6 +220,7 @@ class TrainConfig:
         choice("data.modality", self.data.modality, STUDENT_MODALITIES)
         choice("model.hint_layers", self.model.hint_layers, HINT_LAYERS)
         choice("loss.gan_mode", self.loss.gan_mode, GAN_MODES)
+        choice("loss.dice_reduction", self.loss.dice_reduction, ("batch", "sample"))
         choice("training.device", self.training.device, DEVICES)
         choice("training.precision", self.training.precision, PRECISIONS)
         positive("data.patch_size", self.data.patch_size)
