@@ -30,7 +30,7 @@ def test_demo_end_to_end_minimal(tmp_path):
     args = ["demo", "--out", str(tmp_path / "demo"), "--ct", "8", "--mr", "5", "--seed", "1"]
     for o in TINY:
         args += ["--set", o]
-    result = CliRunner().invoke(app, args + ["--size", "12x48x48"])
+    result = CliRunner().invoke(app, args + ["--size", "48x48x12"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "demo"
     assert "ct-only" in result.output and "cmedl" in result.output and "Wilcoxon" in result.output
@@ -52,6 +52,9 @@ def test_demo_end_to_end_minimal(tmp_path):
     assert [row[0] for row in table[1:]] == ["ct-only", "cmedl"]
     assert (out / "demo_slices.png").stat().st_size > 10_000
     # a second run reuses the finished steps instead of retraining
-    again = CliRunner().invoke(app, args + ["--size", "12x48x48"])
+    again = CliRunner().invoke(app, args + ["--size", "48x48x12"])
     assert again.exit_code == 0, again.output
     assert "reusing finished run" in again.output
+    # ... but refuses a folder made with other parameters rather than reporting stale results
+    stale = CliRunner().invoke(app, args + ["--size", "48x48x12", "--ct", "9"])
+    assert stale.exit_code == 1 and "other parameters" in stale.output

@@ -23,6 +23,7 @@ import numpy as np
 
 from cmedl.data.manifest import Manifest
 from cmedl.errors import InputError
+from cmedl.io import atomic_path
 
 METHODS = ("ct-only", "cmedl")
 
@@ -41,14 +42,14 @@ def run_demo(
     out_dir: str | Path = "cmedl-demo",
     *,
     config: str = "cpu-demo",
-    n_ct: int = 20,
+    n_ct: int = 30,
     n_mr: int = 12,
     shape: tuple[int, int, int] = (32, 112, 112),
     seed: int = 0,
     overrides: list[str] | None = None,
     arch: str | None = None,
     progress: bool = True,
-    log=print,  # noqa: ANN001 - any print-like callable
+    log=print,
 ) -> DemoResult:
     """Run the demo study and return the comparison table (also printed through ``log``).
 
@@ -73,12 +74,17 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    _check_demo_parameters(out / "demo.json", {
+        "config": str(config), "n_ct": n_ct, "n_mr": n_mr, "shape_zyx": list(shape), "seed": seed,
+        "overrides": list(overrides or []), "arch": arch,
+    })
+
     # 1. phantom cohort -------------------------------------------------------------------
     manifest_path = out / "phantom" / "manifest.json"
     if manifest_path.exists():
         log(f"[1/5] phantom cohort: reusing {manifest_path}")
     else:
-        log(f"[1/5] phantom cohort: {n_ct} CT + {n_mr} MRI patients (unpaired), {shape[2]}x{shape[1]}x{shape[0]} voxels")
+        log(f"[1/5] phantom cohort: {n_ct} CT + {n_mr} MRI patients (unpaired), {shape[2]}x{shape[1]}x{shape[0]} voxels (XxYxZ)")
         generate_cohort(out / "phantom", n_ct=n_ct, n_cbct=0, n_mr=n_mr, seed=seed, shape=shape, progress=progress)
     manifest = Manifest.load(manifest_path)
     test_cases = manifest.select(split="test", modality="ct", labelled=True)
@@ -102,7 +108,8 @@ def run_demo(
             resume = (run_dir / "last.pt").exists()
             log(f"[{k}/5] training {method} ({config}){' - resuming' if resume else ''}")
             result = train(cfg, manifest_path, None, run_dir, resume=resume)
-            (run_dir / "DONE").write_text(f"best epoch {result.best_epoch}, {result.seconds:.0f} s\n")
+            with atomic_path(run_dir / "DONE") as tmp:
+                tmp.write_text(f"best epoch {result.best_epoch}, {result.seconds:.0f} s\n")
             log(f"      {method}: {result.epochs} epochs in {result.seconds:.0f} s, best val Dice {result.best_val_dice:.3f}")
         checkpoints[method] = done
 
@@ -145,16 +152,34 @@ def run_demo(
     return DemoResult(out, table, p, summaries, seconds, figure)
 
 
-def _format_comparison(comparison) -> str:  # noqa: ANN001
+def _check_demo_parameters(path: Path, params: dict) -> None:
+    """Record the demo's parameters; refuse to reuse a folder made with other ones (stale results)."""
+    import json
+
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != params:
+            changed = sorted(k for k in params if old is None or old.get(k) != params[k])
+            raise InputError(
+                f"this demo folder was made with other parameters ({', '.join(changed)}); "
+                "use a new --out folder or delete this one", path.parent,
+            )
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(params, indent=2) + "\n")
+
+
+def _format_comparison(comparison) -> str:
     from cmedl.evaluation.evaluate import format_text_table
 
     return format_text_table(comparison.headers(), comparison.rows())
 
 
-def _write_comparison(comparison, path: Path) -> None:  # noqa: ANN001
+def _write_comparison(comparison, path: Path) -> None:
     import csv
-
-    from cmedl.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -162,7 +187,7 @@ def _write_comparison(comparison, path: Path) -> None:  # noqa: ANN001
         writer.writerows(comparison.rows())
 
 
-def save_demo_figure(manifest: Manifest, cases, out: Path, cmedl_ckpt: Path, path: Path, n: int = 4) -> Path:  # noqa: ANN001
+def save_demo_figure(manifest: Manifest, cases, out: Path, cmedl_ckpt: Path, path: Path, n: int = 4) -> Path:
     """Test slices (largest tumour area): CT, pMRI, expert (green), CT-only (blue), CMEDL (red)."""
     import matplotlib
 
@@ -198,7 +223,7 @@ def save_demo_figure(manifest: Manifest, cases, out: Path, cmedl_ckpt: Path, pat
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

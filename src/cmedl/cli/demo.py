@@ -15,10 +15,10 @@ from cmedl.cli._common import console, handle_errors
 def demo_command(
     out: Path = typer.Option(Path("cmedl-demo"), "--out", help="Folder for the phantom data, runs, masks and tables."),
     config: str = typer.Option("cpu-demo", "--config", help="Training preset name or YAML file for both methods."),
-    n_ct: int = typer.Option(20, "--ct", help="Phantom CT patients."),
+    n_ct: int = typer.Option(30, "--ct", help="Phantom CT patients."),
     n_mr: int = typer.Option(12, "--mr", help="Phantom MRI patients (different patients from the CTs)."),
     arch: str = typer.Option(None, "--arch", help="Segmentation network: unet, densefcn57 or mrrn (default: the preset's)."),
-    size: str = typer.Option("32x112x112", "--size", help="Phantom voxels ZxYxX (slices x rows x columns)."),
+    size: str = typer.Option("112x112x32", "--size", help="Phantom voxels XxYxZ (columns x rows x slices), as in `cmedl data phantom`."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom, splits and training."),
     set_: list[str] = typer.Option(None, "--set", help="Config override key=value (repeatable)."),
 ) -> None:
@@ -27,10 +27,10 @@ def demo_command(
     from cmedl.errors import InputError
 
     try:
-        shape = tuple(int(v) for v in size.lower().split("x"))
+        shape = tuple(int(v) for v in reversed(size.lower().split("x")))  # XxYxZ -> (z, y, x)
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 8:
-        raise InputError(f"--size must be three integers >= 8 like 32x112x112, got '{size}'")
+        raise InputError(f"--size must be three integers >= 8 like 112x112x32, got '{size}'")
     run_demo(out, config=config, n_ct=n_ct, n_mr=n_mr, seed=seed, shape=shape, overrides=list(set_ or []), arch=arch,
              log=lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False))

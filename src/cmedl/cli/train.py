@@ -20,12 +20,12 @@ def train_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (or its folder) with the CT/CBCT cases.")],
     config: Annotated[str, typer.Option(
         "--config", "-c",
-        help="Preset name (cpu-demo, paper-ct, paper-cbct, paper-ct-densefcn57, paper-ct-mrrn) or YAML file.",
+        help="Preset name (cpu-demo, paper-ct, paper-cbct, paper-ct-densefcn57, paper-ct-mrrn, paper-cbct-unet3d) or YAML file.",
     )] = "cpu-demo",
     mr_data: Annotated[Path | None, typer.Option(
         "--mr-data", help="Separate manifest of MRI cases (default: the MRI cases of --data).")] = None,
     method: Annotated[str | None, typer.Option(
-        "--method", "-m", help="cmedl or ct-only (overrides training.method).")] = None,
+        "--method", "-m", help="cmedl, ct-only or ct-only-3d (overrides training.method).")] = None,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Run folder (checkpoints, logs, config.yaml).")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,

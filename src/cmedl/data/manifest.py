@@ -20,8 +20,6 @@ Format (paths are relative to the manifest file's folder, or absolute)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,13 +114,11 @@ class Manifest:
 
     def save(self, path: str | Path) -> Path:
         """Write the manifest atomically; relative case paths are kept relative to ``path``'s folder."""
+        from cmedl.io.volume import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         self.root = path.parent
         return path
 

@@ -10,10 +10,10 @@ Format ``cmedl-checkpoint/1`` (keys are stable; readers must ignore keys they do
       "networks": {name: state_dict},     # student_ct, teacher_mr, g_ct2mr, g_mr2ct, d_ct, d_mr
       "optimizers": {name: state_dict},   # e.g. "g", "d", "s"
       "method_state": {...},              # method extras (e.g. CycleGAN image pools), tensors only
-      "epoch": int,                       # last completed epoch (0-based); resume starts at epoch + 1
+      "epoch": int,                       # number of completed epochs; resume continues with the next one
       "global_step": int,                 # optimisation steps done
       "metrics": {"val_loss": float, "val_dice": float, ...},
-      "best": {"epoch": int, "val_loss": float, "epochs_since_best": int},
+      "best": {"epoch": int, "val_loss": float, "val_dice": float, "epochs_since_best": int},
       "history": [per-epoch dict, ...],
       "rng": {"torch": ByteTensor, "cuda": [ByteTensor], "numpy": {...ints/tensor}, "python": {...}},
     }

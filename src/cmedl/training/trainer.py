@@ -365,9 +365,11 @@ def train(
                 **method.state_dict(), "epoch": epoch, "global_step": global_step,
                 "metrics": dict(val), "best": dict(best), "history": history, "rng": capture_rng_state(),
             }
-            save_checkpoint(last_path, payload)
+            # best before last: a crash in between never leaves a last.pt whose "best" names weights
+            # that best.pt does not hold
             if improved:
                 save_checkpoint(best_path, payload)
+            save_checkpoint(last_path, payload)
             write_history_csv(out_dir / "log.csv", history)
             if tc.progress:
                 tqdm.write(
