@@ -258,7 +258,7 @@ def test_short_cmedl_training_on_a_small_phantom(tmp_path: Path) -> None:
 
     manifest = generate_cohort(tmp_path / "ph", n_ct=8, n_cbct=0, n_mr=4, seed=1, shape=(16, 64, 64), workers=1)
     cfg = load_config("cpu-demo", ["model.seg_base_width=8", "model.gen_base_width=8", "model.disc_base_width=8",
-                                   "data.patch_size=48", "data.samples_per_epoch=160", "training.max_epochs=6",
+                                   "data.patch_size=48", "data.samples_per_epoch=160", "training.max_epochs=6", "data.tumour_fraction=0.8",
                                    "training.patience=6", "training.progress=false"])
     r = train(cfg, manifest, out_dir=tmp_path / "run")
     assert r.epochs == 6 and (tmp_path / "run" / "best.pt").is_file()
