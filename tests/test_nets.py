@@ -367,3 +367,18 @@ def test_sliding_window_matches_direct_call_and_covers_volume() -> None:
     assert big.shape == (1, 1, 12, 20, 30) and torch.isfinite(big).all()
     with pytest.raises(ConfigError):
         sliding_window_predict_3d(net, vol, (8, 16), overlap=0.25)
+
+
+@pytest.mark.parametrize("name", ["unet", "densefcn57", "mrrn", "unet3d"])
+def test_output_prior_sets_the_logit_bias(name):
+    import math
+
+    from cmedl.errors import ConfigError
+    from cmedl.nets import build_segmentation_net
+
+    net = build_segmentation_net(name, base_width=4, output_prior=0.05)
+    assert torch.allclose(net.output_conv.bias.detach(), torch.tensor(math.log(0.05 / 0.95)))
+    default = build_segmentation_net(name, base_width=4, output_prior=None)
+    assert default.output_conv.bias.detach().abs().max() < 1.0  # PyTorch's small uniform init
+    with pytest.raises(ConfigError, match="output_prior"):
+        build_segmentation_net(name, base_width=4, output_prior=1.5)

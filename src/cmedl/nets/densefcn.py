@@ -149,6 +149,11 @@ class DenseFCN57(SegmentationNet):
         self.drop_last = make_dropout(self.dropout_p)
         self.final_conv = nn.Conv2d(cur, out_channels, 1, bias=True)
 
+    @property
+    def output_conv(self) -> nn.Module:
+        """The final 1x1 convolution producing the logits."""
+        return self.final_conv
+
     def _forward_padded(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:

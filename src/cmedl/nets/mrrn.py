@@ -125,6 +125,11 @@ class MRRN(SegmentationNet):
         self.drop0 = make_dropout(self.dropout_p)
         self.head = nn.Conv2d(w, out_channels, 1)
 
+    @property
+    def output_conv(self) -> nn.Module:
+        """The final 1x1 convolution producing the logits."""
+        return self.head
+
     def _forward_padded(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:

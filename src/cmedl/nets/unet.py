@@ -106,6 +106,11 @@ class UNet2D(SegmentationNet):
         x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([skip, x], dim=1)
 
+    @property
+    def output_conv(self) -> nn.Module:
+        """The final 1x1 convolution producing the logits."""
+        return self.outc
+
     def _forward_padded(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:

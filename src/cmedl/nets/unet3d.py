@@ -100,6 +100,11 @@ class UNet3D(SegmentationNet):
         self.drop_last = make_dropout(self.dropout_p, dims=3)
         self.head = nn.Conv3d(w, out_channels, 1)
 
+    @property
+    def output_conv(self) -> nn.Module:
+        """The final 1x1 convolution producing the logits."""
+        return self.head
+
     def _forward_padded(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
