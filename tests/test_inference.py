@@ -388,3 +388,18 @@ def test_cli_errors_are_one_line_and_leave_no_output(tmp_path: Path) -> None:
         err = res.stderr.strip()
         assert err.startswith("error: ") and "\n" not in err and needle in err, err
         assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_resolve_device_names():
+    import torch as _torch
+
+    from cmedl.devices import resolve_device
+    from cmedl.errors import ConfigError
+
+    assert resolve_device("cpu") == _torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="did you mean 'cpu'"):
+        resolve_device("cpuu")
+    if not _torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:1")

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmedl.errors import CmedlError, InputError, did_you_mean
+from cmedl.devices import resolve_device
+from cmedl.errors import CmedlError, InputError
 from cmedl.inference.postprocess import postprocess_probabilities
 from cmedl.io.volume import IMAGE_SUFFIXES, Volume, read_volume, write_volume
 
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("cpu", "cuda", "auto")
 #: Pixels per forward pass chosen by ``batch_size=None`` on CPU (one 512x512 slice): measured as
 #: fast as larger batches with the paper U-Net (see benchmarks/bench_segment.py) at a fraction of
 #: the activation memory (~0.6 GB per 512x512 slice at width 64).
@@ -89,27 +88,6 @@ class SegmentationResult:
 
 
 # ============================================================================ devices and nets
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` (CUDA when available) as a torch device.
-
-    Raises InputError for an unknown name or for CUDA on a machine without it.
-    """
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        name = str(device).strip().lower()
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
-            raise InputError(did_you_mean(name, DEVICES, "device"))
-        dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            "device 'cuda' requested but CUDA is not available here; use --device cpu or auto"
-        )
-    return dev
-
-
 def fold_batchnorm(net: nn.Module) -> int:
     """Fold every ``Conv2d``/``Conv3d`` directly followed by a ``BatchNorm`` inside an
     ``nn.Sequential`` into one convolution, in place; returns the number of pairs folded.

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cmedl.data.manifest import Manifest
+from cmedl.devices import resolve_device
 from cmedl.errors import CmedlError, ConfigError, InputError
 from cmedl.training.checkpoint import (
     capture_rng_state,
@@ -76,15 +77,6 @@ RESUMABLE_CHANGES = ("training.max_epochs", "training.patience", "training.min_d
 
 
 # ------------------------------------------------------------------------------------ helpers
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device is 'cuda' but no CUDA GPU is available (use cpu or auto)")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     """Seed python ``random``, numpy's global RNG and torch (CPU and CUDA)."""
     random.seed(seed)
