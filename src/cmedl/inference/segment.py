@@ -41,9 +41,10 @@ gives SD 0 everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -465,9 +466,15 @@ def _progress(items: list[Any], desc: str, enabled: bool) -> Any:
     return tqdm(items, desc=desc, unit="volume", disable=None if enabled else True)
 
 
-def _named(exc: CmedlError, path: Path) -> CmedlError:
-    """``exc`` re-raised as naming ``path`` unless it already names it."""
-    return exc if str(path) in str(exc) else InputError(str(exc), path)
+@contextlib.contextmanager
+def errors_naming(path: Path, device: torch.device) -> Iterator[None]:
+    """Re-raise user errors of the block as naming input ``path``; out-of-memory as a one-line error."""
+    try:
+        yield
+    except CmedlError as exc:
+        raise (exc if str(path) in str(exc) else InputError(str(exc), path)) from None
+    except torch.OutOfMemoryError:
+        raise InputError(f"out of memory on {device}; lower --batch-size", path) from None
 
 
 def _load_student(
@@ -534,7 +541,7 @@ def segment_files(
     out_dir = Path(out_dir)
     written: list[Path] = []
     for path, name in _progress(cases, "segment", progress):
-        try:
+        with errors_naming(path, dev):
             volume = read_volume(path)
             result = segment_volume(
                 volume,
@@ -551,10 +558,6 @@ def segment_files(
                 seed=seed,
                 patch_size=patch_size,
             )
-        except CmedlError as exc:
-            raise _named(exc, path) from None
-        except torch.OutOfMemoryError:
-            raise InputError(f"out of memory on {dev}; lower --batch-size", path) from None
         del volume
         written.append(write_volume(result.mask, out_dir / f"{name}.nii.gz"))
         if result.probabilities is not None:

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmedl.errors import CmedlError, InputError, did_you_mean
+from cmedl.errors import InputError, did_you_mean
 from cmedl.inference.segment import (
-    _named,
     _progress,
     check_inputs,
+    errors_naming,
     inference_copy,
     predict_slices,
     resolve_device,
@@ -137,7 +137,7 @@ def translate_files(
     out_dir = Path(out_dir)
     written: list[Path] = []
     for path, name in _progress(cases, "translate", progress):
-        try:
+        with errors_naming(path, dev):
             result = translate_volume(
                 read_volume(path),
                 run_net,
@@ -147,10 +147,6 @@ def translate_files(
                 device=dev,
                 amp_bf16=amp_bf16,
             )
-        except CmedlError as exc:
-            raise _named(exc, path) from None
-        except torch.OutOfMemoryError:
-            raise InputError(f"out of memory on {dev}; lower --batch-size", path) from None
         written.append(write_volume(result, out_dir / f"{name}{OUTPUT_SUFFIX[direction]}.nii.gz"))
     return written
 
