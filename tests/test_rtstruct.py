@@ -177,6 +177,22 @@ def test_unknown_empty_and_not_rtstruct_errors(tmp_path):
         list_rois(tmp_path / "absent.dcm")
 
 
+def test_suffixed_roi_name_resolves_only_when_unique(tmp_path, caplog):
+    vol = reference()
+    square = [rect(vol, 2.5, 4.5, 2.5, 4.5, 2.0)]
+    rs = write_rtstruct(tmp_path / "rs.dcm", vol, {"GTV_Mass_CT": square, "GTVx": square})
+    with caplog.at_level("WARNING"):
+        assert rasterize_roi(rs, "GTV_Mass", vol).sum() == 4
+    assert "using 'GTV_Mass_CT'" in caplog.text
+    assert rasterize_roi(rs, "gtv_mass", vol).sum() == 4
+    only_x = write_rtstruct(tmp_path / "rs1.dcm", vol, {"GTVx": square, "Heart": square})
+    with pytest.raises(InputError, match="unknown ROI 'GTV'"):  # 'GTVx' is not a suffix after a separator
+        rasterize_roi(only_x, "GTV", vol)
+    two = write_rtstruct(tmp_path / "rs2.dcm", vol, {"GTV_Mass_CT": square, "GTV_Mass_PET": square})
+    with pytest.raises(InputError, match="unknown ROI 'GTV_Mass'"):  # ambiguous: refuse, list the names
+        rasterize_roi(two, "GTV_Mass", vol)
+
+
 def test_round_trip_with_dicom_series(tmp_path):
     """An RTSTRUCT drawn on a written series checks out against the series read back."""
     img = Volume(np.zeros((4, 12, 10), np.int16), (0.8, 0.6, 3.0), (-4.0, 2.0, 30.0))
@@ -203,6 +219,8 @@ def test_sts_acceptance_against_mirp_nifti(patient, modality):
     roi = f"GTV_Mass_{modality}"  # the ROI names in these files carry the modality
     assert list_rois(dicom / "mask" / "RS.dcm") == [roi]
     mask = rasterize_roi(dicom / "mask" / "RS.dcm", roi, image).astype(bool)
+    # the issue's name "GTV_Mass" resolves to the one ROI that extends it with a suffix
+    np.testing.assert_array_equal(rasterize_roi(dicom / "mask" / "RS.dcm", "GTV_Mass", image).astype(bool), mask)
     ref = read_volume(nifti / "mask.nii.gz").array > 0
     dice = 2.0 * np.logical_and(mask, ref).sum() / (mask.sum() + ref.sum())
     assert dice >= 0.97, f"{patient}/{modality}: Dice {dice:.4f}"

@@ -27,6 +27,7 @@ On the TCIA soft-tissue-sarcoma RTSTRUCTs this reproduces MIRP's NIfTI masks vox
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cmedl.errors import InputError, did_you_mean
 from cmedl.io.volume import Volume, atomic_path
+
+_log = logging.getLogger(__name__)
 
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Contour types that enclose an area; everything else (POINT, OPEN_*) is ignored.
@@ -193,6 +196,15 @@ def _find_roi(ds: Dataset, roi_name: str, path: Path) -> Dataset:
     if not hits:  # accept a different case when that is unambiguous
         hits = [r for r, n in zip(rois, names) if n.lower() == roi_name.lower()]
     if not hits:
+        # accept a unique ROI that extends the name with a suffix after a separator, as exports
+        # often append the modality or phase ("GTV_Mass" -> "GTV_Mass_CT"); logged, never silent
+        want = roi_name.lower()
+        ext = [(r, n) for r, n in zip(rois, names)
+               if n.lower().startswith(want) and n[len(roi_name):len(roi_name) + 1] in ("_", "-", " ", ".")]
+        if len(ext) == 1:
+            _log.warning("%s: no ROI named '%s'; using '%s'", path, roi_name, ext[0][1])
+            hits = [ext[0][0]]
+    if not hits:
         raise InputError(did_you_mean(roi_name, names, "ROI"), path)
     if len(hits) > 1:
         raise InputError(
@@ -212,7 +224,8 @@ def rasterize_roi(
 
     Args:
         rtstruct_path: the RTSTRUCT file.
-        roi_name: the ROI name (exact; a case-insensitive match is accepted when unique).
+        roi_name: the ROI name (exact; else a unique case-insensitive match; else the unique ROI that
+            extends it after a separator, e.g. "GTV_Mass" -> "GTV_Mass_CT", with a logged warning).
         reference: the image the mask is for; its spacing/origin/direction define the grid.
         check_reference: when the reference came from DICOM (``meta`` has FrameOfReferenceUID /
             SeriesInstanceUID), refuse an RTSTRUCT drawn in another frame of reference.
