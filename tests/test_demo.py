@@ -44,11 +44,11 @@ def test_demo_end_to_end_minimal(tmp_path):
             ct = read_volume(manifest.image_path(case))
             assert pred.same_geometry(ct)
             assert set(np.unique(pred.array)) <= {0, 1}
-        rows = list(csv.DictReader(open(out / f"{method}.csv")))
+        rows = list(csv.DictReader((out / f"{method}.csv").read_text().splitlines()))
         assert sorted(r["case_id"] for r in rows) == sorted(c.id for c in test_cases)
         assert all(0.0 <= float(r["dsc"]) <= 1.0 for r in rows)
         assert (out / method / "best.pt").exists() and (out / method / "config.yaml").exists()
-    table = list(csv.reader(open(out / "comparison.csv")))
+    table = list(csv.reader((out / "comparison.csv").read_text().splitlines()))
     assert [row[0] for row in table[1:]] == ["ct-only", "cmedl"]
     assert (out / "demo_slices.png").stat().st_size > 10_000
     # a second run reuses the finished steps instead of retraining

@@ -60,18 +60,11 @@ def changed(module: torch.nn.Module, before: list[torch.Tensor]) -> bool:
     return any(not torch.equal(p.detach(), b) for p, b in zip(module.parameters(), before, strict=True))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny networks gain nothing from two, and on a shared 2-core machine
-    OpenMP spin-waiting made the steps 5x slower under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def method(_one_thread) -> CMEDL:
+def method(one_thread) -> CMEDL:
     torch.manual_seed(0)
     m = build_method(tiny_config(), "cpu")
     assert isinstance(m, CMEDL)

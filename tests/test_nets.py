@@ -30,13 +30,7 @@ from cmedl.nets.vgg import VGG19_CONVS, VGG19_LAYERS, vgg19_state_dict_keys
 SMALL = {"unet": 4, "densefcn57": 2, "mrrn": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread (and do not fight other test processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def expected_hints(name: str, w: int, hint: str, h: int, wd: int) -> list[tuple[int, int, int]]:

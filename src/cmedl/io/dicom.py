@@ -400,6 +400,22 @@ def _load_voxels(folder: Path, paths: list[Path], headers: list[Dataset]) -> np.
 
 
 # ---------------------------------------------------------------------------------- writing
+def new_dataset(sop_class: str, modality: str, patient_id: str) -> Dataset:
+    """An empty DICOM instance of ``sop_class`` with its file meta (explicit VR little endian), a new
+    SOPInstanceUID, ``Modality`` and ``PatientID`` set (used by the series and RTSTRUCT writers)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientID = patient_id
+    return ds
+
+
 def write_dicom_series(
     volume: Volume,
     folder: str | Path,
@@ -446,16 +462,7 @@ def write_dicom_series(
     today = datetime.date.today().strftime("%Y%m%d")
     paths = []
     for k in range(nz):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = modality
-        ds.PatientID = patient_id
+        ds = new_dataset(sop_class, modality, patient_id)
         ds.PatientName = patient_id
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid

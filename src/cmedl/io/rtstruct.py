@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from cmedl.errors import InputError, did_you_mean
+from cmedl.io.dicom import new_dataset
 from cmedl.io.volume import Volume, atomic_path
 
 _log = logging.getLogger(__name__)
@@ -342,16 +343,7 @@ def write_rtstruct(
     meta_uid = reference.meta.get
     frame = frame_of_reference_uid or meta_uid("FrameOfReferenceUID") or generate_uid()
     series = series_uid or meta_uid("SeriesInstanceUID") or generate_uid()
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
-    fm.MediaStorageSOPInstanceUID = generate_uid()
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID = RTSTRUCT_STORAGE
-    ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID
-    ds.Modality = "RTSTRUCT"
-    ds.PatientID = meta_uid("PatientID", "ANONYMOUS")
+    ds = new_dataset(RTSTRUCT_STORAGE, "RTSTRUCT", meta_uid("PatientID", "ANONYMOUS"))
     ds.StudyInstanceUID = meta_uid("StudyInstanceUID") or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.StructureSetLabel = "cmedl"
