@@ -403,3 +403,19 @@ def test_resolve_device_names():
     if not _torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:1")
+
+
+def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch):
+    import torch as _torch
+
+    from cmedl import devices
+    from cmedl.errors import ConfigError
+
+    cpu = _torch.device("cpu")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not devices.native_bf16(cpu) and devices.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert devices.native_bf16(cpu) and devices.resolve_precision("auto", cpu) == "bf16"
+    assert devices.resolve_precision("fp32", cpu) == "fp32" and devices.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="did you mean 'bf16'"):
+        devices.resolve_precision("bf61", cpu)

@@ -263,3 +263,52 @@ def test_short_cmedl_training_on_a_small_phantom(tmp_path: Path) -> None:
     net, _pp = build_student_from_checkpoint(load_checkpoint(r.best_checkpoint))
     with torch.no_grad():
         assert net(torch.zeros(1, 1, 48, 48)).shape == (1, 1, 48, 48)
+
+
+class _ConstantStudent(torch.nn.Module):
+    """A 'network' whose logit is the same everywhere (all foreground or all background)."""
+
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = torch.nn.Parameter(torch.tensor(float(logit)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit.expand_as(x).clone()
+
+
+def test_volume_validation_scores_whole_scans_known_answer(phantom: Path) -> None:
+    """validation=volumes: per-volume Dice of the whole scan, so over-segmenting is punished."""
+    from types import SimpleNamespace
+
+    from cmedl.data.manifest import Manifest
+    from cmedl.training.trainer import _validate, _validate_volumes, build_data
+
+    cfg = tiny(method="ct-only")
+    data = build_data(cfg, Manifest.load(phantom), None, unpaired=False, progress=False)
+    labels = [c.label.astype(np.float64) for c in data.val_cache.cases]
+    assert labels and all(y.any() for y in labels)
+    everything = SimpleNamespace(student=_ConstantStudent(20.0), dims=2, precision="fp32")
+    got = _validate_volumes(everything, data.val_cache, cfg, torch.device("cpu"))
+    want = np.mean([2 * y.sum() / (y.size + y.sum()) for y in labels])  # all voxels predicted tumour
+    assert got["val_dice"] == pytest.approx(want, rel=1e-9) and want < 0.2
+    assert got["val_loss"] == pytest.approx(1 - want, rel=1e-4)
+    nothing = SimpleNamespace(student=_ConstantStudent(-20.0), dims=2, precision="fp32")
+    got = _validate_volumes(nothing, data.val_cache, cfg, torch.device("cpu"))
+    assert got["val_dice"] == 0.0 and got["val_loss"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lr_schedules_known_values_and_applied_by_the_trainer(phantom: Path, tmp_path: Path) -> None:
+    from cmedl.training.trainer import lr_factor
+
+    assert lr_factor("constant", 0.9) == 1.0
+    assert lr_factor("linear", 0.25) == 1.0 and lr_factor("linear", 0.75) == pytest.approx(0.5)
+    assert lr_factor("cosine", 0.5) == 1.0 and lr_factor("cosine", 0.75) == pytest.approx(0.5)
+    assert lr_factor("cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("linear", 0.6, decay_start=0.2) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="did you mean 'cosine'"):
+        tiny("optim.lr_schedule=cosin")
+    # 2 epochs x 2 steps, linear decay from the start: the last step runs at 1/4 of the base rate
+    r = train(tiny("optim.lr_schedule=linear", "optim.lr_decay_start=0.0", "training.max_epochs=2",
+                   method="ct-only"), phantom, out_dir=tmp_path / "run")
+    group = load_checkpoint(r.last_checkpoint)["optimizers"]["s"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(0.25 * group["initial_lr"]) and group["initial_lr"] == pytest.approx(1e-3)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cmedl.devices import resolve_precision
 from cmedl.training.config import TrainConfig
 
 #: segmentation threshold on the student's sigmoid probability
@@ -49,6 +50,8 @@ class Method(abc.ABC):
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
+        #: ``fp32`` or ``bf16``: ``training.precision`` with ``auto`` resolved for this device
+        self.precision = resolve_precision(config.training.precision, self.device)
         self.networks: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.global_step = 0
@@ -69,8 +72,8 @@ class Method(abc.ABC):
             net.to(self.device, memory_format=self.memory_format)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when ``training.precision == "bf16"`` (weights stay fp32), else a no-op."""
-        if self.config.training.precision == "bf16":
+        """bf16 autocast when the (resolved) precision is bf16 (weights stay fp32), else a no-op."""
+        if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

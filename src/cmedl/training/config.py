@@ -27,6 +27,7 @@ from typing import Any, Union
 
 import yaml
 
+from cmedl.devices import PRECISIONS
 from cmedl.errors import ConfigError, did_you_mean
 
 #: Folder holding the YAML presets shipped with the package.
@@ -40,7 +41,10 @@ STUDENT_MODALITIES = ("ct", "cbct")
 HINT_LAYERS = ("high", "mid", "low")
 GAN_MODES = ("lsgan", "bce")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+#: ``volumes``: the student segments every validation volume whole (as at test time), so false
+#: positives anywhere in the scan count; ``patches``: the fixed validation patches only (faster)
+VALIDATION_MODES = ("volumes", "patches")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -147,6 +151,11 @@ class OptimConfig:
     betas_translation: list[float] = field(default_factory=lambda: [0.5, 0.999])
     betas_segmentation: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
+    #: learning-rate schedule of every optimiser over ``training.max_epochs``: ``constant`` (the
+    #: papers), ``linear`` (pytorch-CycleGAN: constant, then linear decay to 0) or ``cosine`` (constant,
+    #: then half a cosine to 0); the decay starts after the fraction ``lr_decay_start`` of the steps
+    lr_schedule: str = "constant"
+    lr_decay_start: float = 0.5
 
 
 @dataclass
@@ -160,9 +169,15 @@ class TrainingConfig:
     patience: int = 10
     #: an improvement must lower the validation Dice loss by more than this
     min_delta: float = 0.0
+    #: what the per-epoch validation (early stopping, best checkpoint) looks at: ``volumes`` (the
+    #: student segments each validation volume whole; val_loss = mean per-volume soft Dice loss,
+    #: val_dice = mean per-volume Dice) or ``patches`` (the fixed ``data.val_samples`` patches)
+    validation: str = "volumes"
     seed: int = 0
     device: str = "auto"
-    #: ``fp32`` or ``bf16`` (torch.autocast; weights and optimiser states stay fp32)
+    #: ``fp32``, ``bf16`` (torch.autocast; weights and optimiser states stay fp32) or ``auto``: bf16
+    #: where the device has native bf16 units (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), else fp32
+    #: (the choice is logged; results then differ slightly between such machines)
     precision: str = "fp32"
     #: log running losses to TensorBoard every this many iterations
     log_every: int = 10
@@ -223,6 +238,10 @@ class TrainConfig:
         choice("loss.dice_reduction", self.loss.dice_reduction, ("batch", "sample"))
         choice("training.device", self.training.device, DEVICES)
         choice("training.precision", self.training.precision, PRECISIONS)
+        choice("training.validation", self.training.validation, VALIDATION_MODES)
+        choice("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
+        if not 0.0 <= self.optim.lr_decay_start < 1.0:
+            raise ConfigError(f"optim.lr_decay_start: must be in [0, 1), got {self.optim.lr_decay_start}", source)
         positive("data.patch_size", self.data.patch_size)
         if len(self.data.patch_size_3d) != 3 or min(self.data.patch_size_3d) < 1:
             raise ConfigError(

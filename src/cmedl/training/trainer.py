@@ -2,12 +2,21 @@
 
 One epoch = ``config.iterations_per_epoch`` optimisation steps on freshly drawn patches (the
 slice datasets draw item ``i`` of epoch ``e`` from ``(seed, e, i)``). After every epoch the student
-is validated on a FIXED set of ``data.val_samples`` validation patches (same patches every epoch:
-``tumour_fraction`` of them on tumour slices, the rest tumour-free), giving the mean soft-Dice loss
-``val_loss`` (early-stopping criterion) and the data-set-level hard Dice ``val_dice``.
-Methods whose class says ``dims = 3`` (``ct-only-3d``) get 3D patches of ``data.patch_size_3d``
-instead (:class:`cmedl.data.datasets3d.PatchDataset3D`, flips as the only augmentation), validated
-on fixed 3D validation patches the same way.
+is validated (``training.validation``):
+
+- ``volumes`` (default): the student segments every validation volume whole, exactly as
+  ``cmedl segment`` would (slice-wise, or by sliding window for 3D students); ``val_loss`` is the
+  mean over volumes of the soft Dice loss of the 3D probability map and ``val_dice`` the mean
+  per-volume Dice of the thresholded mask. A false positive anywhere in the scan costs, as it does
+  in the evaluation; patch validation cannot see those (it only looks near tumours and at a few
+  random patches), so it tends to keep checkpoints that over-segment whole scans.
+- ``patches``: a FIXED set of ``data.val_samples`` validation patches (same every epoch:
+  ``tumour_fraction`` of them on tumour slices, the rest tumour-free): mean soft-Dice loss and the
+  data-set-level hard Dice. Cheaper on big validation sets.
+
+``val_loss`` is the early-stopping criterion and selects ``best.pt``. Methods whose class says
+``dims = 3`` (``ct-only-3d``) get 3D patches of ``data.patch_size_3d`` instead
+(:class:`cmedl.data.datasets3d.PatchDataset3D`, flips as the only augmentation).
 
 Outputs in ``out_dir``::
 
@@ -25,6 +34,7 @@ A non-finite loss stops the run with :class:`TrainingDiverged`; the last good ch
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -48,6 +58,9 @@ from cmedl.training.checkpoint import (
 )
 from cmedl.training.config import TrainConfig, save_config
 from cmedl.training.logging import TensorBoardLogger, save_image_grid, write_history_csv
+
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(CmedlError, RuntimeError):
@@ -120,9 +133,10 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 @dataclass
 class _Data:
     train: Any
-    val: Any
+    val: Any  # fixed validation patches (validation=patches; the image grid in both modes)
     student_pp: Any
     mr_pp: Any
+    val_cache: Any = None  # the preprocessed validation volumes (validation=volumes)
 
 
 def build_data(
@@ -177,20 +191,20 @@ def build_data(
         flip = augment.flip_prob if isinstance(augment, AugmentConfig) else 0.0
         train3d = PatchDataset3D(cache(manifest, "train", d.modality, student_pp, True), d.patch_size_3d,
                                  d.tumour_fraction, d.samples_per_epoch, flip, seed=seed)
-        val3d = PatchDataset3D(cache(manifest, "val", d.modality, student_pp, True), d.patch_size_3d, 0.5,
-                               d.val_samples, 0.0, seed=seed + 7919)
-        return _Data(train3d, val3d, student_pp, None)
+        val_cache = cache(manifest, "val", d.modality, student_pp, True)
+        val3d = PatchDataset3D(val_cache, d.patch_size_3d, 0.5, d.val_samples, 0.0, seed=seed + 7919)
+        return _Data(train3d, val3d, student_pp, None, val_cache)
     train_ct = SliceDataset(cache(manifest, "train", d.modality, student_pp, True), patch, d.tumour_fraction,
                             d.samples_per_epoch, augment, seed)
-    val = SliceDataset(cache(manifest, "val", d.modality, student_pp, True), patch, 0.5, d.val_samples,
-                       False, seed + 7919)
+    val_cache = cache(manifest, "val", d.modality, student_pp, True)
+    val = SliceDataset(val_cache, patch, 0.5, d.val_samples, False, seed + 7919)
     if not unpaired:
-        return _Data(train_ct, val, student_pp, None)
+        return _Data(train_ct, val, student_pp, None, val_cache)
 
     mr_train = [c for c in mr_cases if c.split == "train"] or mr_cases  # a separate MRI set may be unsplit
     mr_cache = VolumeCache.load(mr_src, mr_train, mr_pp, workers=2, progress=progress)
     train_mr = SliceDataset(mr_cache, patch, d.tumour_fraction, None, augment, seed + 1)
-    return _Data(UnpairedDataset(train_ct, train_mr, seed=seed), val, student_pp, mr_pp)
+    return _Data(UnpairedDataset(train_ct, train_mr, seed=seed), val, student_pp, mr_pp, val_cache)
 
 
 def _loader(dataset: Any, config: TrainConfig, epoch: int, shuffle_seed: int, device: torch.device,
@@ -218,6 +232,49 @@ def _validate(method: Any, val_loader: DataLoader) -> tuple[dict[str, float], di
     denom = tot["pred_sum"] + tot["label_sum"]
     dice = 2.0 * tot["intersection"] / denom if denom > 0 else 1.0
     return {"val_loss": tot["loss"] / n, "val_dice": dice}, first
+
+
+def lr_factor(schedule: str, progress: float, decay_start: float = 0.5) -> float:
+    """Multiplier of the base learning rate at ``progress`` = fraction of all steps already taken."""
+    if schedule == "constant" or progress <= decay_start:
+        return 1.0
+    t = min((progress - decay_start) / (1.0 - decay_start), 1.0)
+    if schedule == "linear":
+        return 1.0 - t
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ConfigError(f"optim.lr_schedule: unknown schedule {schedule!r}")
+
+
+def _set_learning_rates(method: Any, factor: float) -> None:
+    for opt in method.optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+
+def _validate_volumes(method: Any, cache: Any, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Segment every validation volume whole with the student (as ``cmedl segment`` does, on the
+    working grid) and return the mean per-volume soft Dice loss and hard Dice."""
+    from cmedl.inference.segment import inference_copy, predict_slices, predict_volume_3d
+
+    bf16 = method.precision == "bf16"
+    net = inference_copy(method.student, device)  # BN folded, eval mode; the training net is untouched
+    losses, dices = [], []
+    for case in cache.cases:
+        pad = float(case.prepared.pad_value)
+        if int(getattr(method, "dims", 2)) == 3:
+            prob = predict_volume_3d(net, case.image, config.data.patch_size_3d, device=device, amp_bf16=bf16,
+                                     pad_value=pad)
+        else:
+            prob, _ = predict_slices(net, case.image, device=device, amp_bf16=bf16, pad_value=pad)
+        p = torch.from_numpy(prob).double()
+        y = torch.from_numpy(case.label).double()
+        eps = 1e-6
+        losses.append(1.0 - float((2.0 * (p * y).sum() + eps) / (p.sum() + y.sum() + eps)))
+        hard = p > 0.5
+        denom = float(hard.sum() + y.sum())
+        dices.append(2.0 * float((hard * y).sum()) / denom if denom > 0 else 1.0)
+    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices))}
 
 
 def _as_manifest(m: Manifest | str | Path | None) -> Manifest | None:
@@ -272,6 +329,8 @@ def train(
 
     seed_everything(tc.seed)
     method = build_method(config, device)
+    if tc.precision == "auto":
+        logger.info("training.precision auto: %s on %s", method.precision, device)
     data = build_data(config, manifest, mr_m, method.batch_kind == "unpaired", tc.progress,
                       dims=int(getattr(method, "dims", 2)))
     if len(data.train) < tc.batch_size:
@@ -287,6 +346,10 @@ def train(
         best = {**best, **ckpt.get("best", {})}
         restore_rng_state(ckpt["rng"])
     method.global_step = global_step
+    for opt in method.optimizers.values():  # base rates of the schedule (restored with the optimiser state)
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    total_steps = tc.max_epochs * (len(data.train) // tc.batch_size)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
@@ -307,6 +370,9 @@ def train(
             bar = tqdm(loader, total=len(loader), desc=f"{method.name} epoch {epoch + 1}/{tc.max_epochs}",
                        disable=not tc.progress, leave=False, dynamic_ncols=True)
             for batch in bar:
+                if config.optim.lr_schedule != "constant":
+                    _set_learning_rates(method, lr_factor(config.optim.lr_schedule, global_step / total_steps,
+                                                          config.optim.lr_decay_start))
                 losses = method.training_step(batch)
                 global_step += 1
                 bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
@@ -328,7 +394,12 @@ def train(
                     bar.set_postfix({k: f"{sums[k] / n_steps:.3f}" for k in list(sums)[:6]}, refresh=False)
             bar.close()
 
-            val, first_val = _validate(method, _loader(data.val, config, 0, tc.seed, device, drop_last=False))
+            val_loader = _loader(data.val, config, 0, tc.seed, device, drop_last=False)
+            if tc.validation == "volumes":
+                val = _validate_volumes(method, data.val_cache, config, device)
+                first_val = next(iter(val_loader), None) if tc.image_grid else None
+            else:
+                val, first_val = _validate(method, val_loader)
             if not math.isfinite(val["val_loss"]):
                 raise TrainingDiverged(f"non-finite validation loss at epoch {epoch + 1}; last good checkpoint "
                                        f"kept: {last_path}")
