@@ -145,15 +145,20 @@ class CMEDL(Method):
         g_terms: dict[str, torch.Tensor] = {}
         s_terms: dict[str, torch.Tensor] = {}
         with self.autocast():
-            fake_mr = g_ct2mr(ct)  # pMRI
             fake_ct = g_mr2ct(mr) if need_fake_ct else None
+            if lc.use_cycle:
+                # G_CM runs once on CT and on the fake CT together: instance norm makes every image's
+                # output independent of the batch, so this equals two calls (fewer, larger convolutions)
+                both = g_ct2mr(torch.cat([ct, fake_ct.to(ct.dtype)]))
+                fake_mr, rec_mr = both[: ct.shape[0]], both[ct.shape[0]:]  # pMRI, reconstructed MRI
+            else:
+                fake_mr = g_ct2mr(ct)  # pMRI
             if lc.use_adversarial:
                 g_terms["adv_g"] = (
                     self.gan_loss(d_mr(fake_mr).float(), True) + self.gan_loss(d_ct(fake_ct).float(), True)
                 )
             if lc.use_cycle:
                 rec_ct = g_mr2ct(fake_mr)
-                rec_mr = g_ct2mr(fake_ct)
                 g_terms["cycle"] = cycle_loss(rec_ct.float(), ct) + cycle_loss(rec_mr.float(), mr)
             if lc.use_contextual and self.contextual is not None:
                 k = lc.contextual_max_images or fake_mr.shape[0]
@@ -210,10 +215,14 @@ class CMEDL(Method):
         opt = self.optimizers["d"]
         opt.zero_grad(set_to_none=True)
         with self.autocast():
-            d_loss_mr = 0.5 * (self.gan_loss(d_mr(fwd["mr"]).float(), True)
-                               + self.gan_loss(d_mr(pooled_mr).float(), False))
-            d_loss_ct = 0.5 * (self.gan_loss(d_ct(fwd["ct"]).float(), True)
-                               + self.gan_loss(d_ct(pooled_ct).float(), False))
+            # real and pooled fake images in one call per discriminator (instance norm: batch-independent)
+            def real_fake(d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+                out = d(torch.cat([real, fake.to(real.dtype)])).float()
+                n = real.shape[0]
+                return 0.5 * (self.gan_loss(out[:n], True) + self.gan_loss(out[n:], False))
+
+            d_loss_mr = real_fake(d_mr, fwd["mr"], pooled_mr)
+            d_loss_ct = real_fake(d_ct, fwd["ct"], pooled_ct)
         loss_d = d_loss_mr + d_loss_ct
         loss_d.backward()
         opt.step()
