@@ -376,3 +376,14 @@ def test_output_prior_sets_the_logit_bias(name):
     assert default.output_conv.bias.detach().abs().max() < 1.0  # PyTorch's small uniform init
     with pytest.raises(ConfigError, match="output_prior"):
         build_segmentation_net(name, base_width=4, output_prior=1.5)
+
+
+def test_cyclegan_outputs_do_not_depend_on_the_batch() -> None:
+    """CMEDL batches G_CM(CT) with G_CM(fake CT) and D(real) with D(fake): exact only with instance norm."""
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 1, 32, 32), torch.randn(2, 1, 32, 32) * 0.5 + 0.3
+    for net in (ResnetGenerator(1, 1, 8, 2).train(), PatchDiscriminator(1, 8, 2).train()):
+        together = net(torch.cat([a, b]))
+        torch.testing.assert_close(together, torch.cat([net(a), net(b)]), rtol=1e-4, atol=1e-5)
+    bn = ResnetGenerator(1, 1, 8, 2, norm="batch").train()  # batch norm would break the shortcut
+    assert not torch.allclose(bn(torch.cat([a, b]))[:3], bn(a), atol=1e-3)
