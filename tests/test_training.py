@@ -145,9 +145,18 @@ def test_resume_reproduces_the_uninterrupted_run(phantom: Path, tmp_path: Path) 
     r_full = train(cfg2, phantom, out_dir=tmp_path / "full", step_callback=_record(full))
     assert r_full.epochs == 2 and len(full) == 4
 
-    cfg1 = tiny("training.max_epochs=1", "loss.pool_size=2")
+    # the same run stopped by the user at its third step (cpu-demo decays the learning rate over
+    # max_epochs, so the resumed steps must also see the same schedule)
     part: list[dict] = []
-    train(cfg1, phantom, out_dir=tmp_path / "part", step_callback=_record(part))
+    record = _record(part)
+
+    def stop_at_step_3(step: int, losses: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+        record(step, losses)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg2, phantom, out_dir=tmp_path / "part", step_callback=stop_at_step_3)
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
     r_res = train(cfg2, phantom, out_dir=tmp_path / "part", resume=True, step_callback=_record(part))
     assert len(part) == 4 and r_res.epochs == 2
@@ -312,3 +321,11 @@ def test_lr_schedules_known_values_and_applied_by_the_trainer(phantom: Path, tmp
                    method="ct-only"), phantom, out_dir=tmp_path / "run")
     group = load_checkpoint(r.last_checkpoint)["optimizers"]["s"]["param_groups"][0]
     assert group["lr"] == pytest.approx(0.25 * group["initial_lr"]) and group["initial_lr"] == pytest.approx(1e-3)
+
+
+def test_resume_refuses_new_max_epochs_under_a_decaying_schedule(phantom: Path, tmp_path: Path) -> None:
+    cfg = ("optim.lr_schedule=cosine", "training.max_epochs=1")
+    train(tiny(*cfg, method="ct-only"), phantom, out_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="training.max_epochs"):
+        train(tiny("optim.lr_schedule=cosine", "training.max_epochs=2", method="ct-only"), phantom,
+              out_dir=tmp_path / "run", resume=True)

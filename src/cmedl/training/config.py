@@ -153,7 +153,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     #: learning-rate schedule of every optimiser over ``training.max_epochs``: ``constant`` (the
     #: papers), ``linear`` (pytorch-CycleGAN: constant, then linear decay to 0) or ``cosine`` (constant,
-    #: then half a cosine to 0); the decay starts after the fraction ``lr_decay_start`` of the steps
+    #: then half a cosine to 0); the decay starts after the fraction ``lr_decay_start`` of the steps.
+    #: With a decaying schedule ``training.max_epochs`` cannot change when a run is resumed.
     lr_schedule: str = "constant"
     lr_decay_start: float = 0.5
 

@@ -117,12 +117,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_resume_config(saved: dict[str, Any], config: TrainConfig, ckpt_path: Path) -> None:
     a, b = _flatten(saved), _flatten(config.to_dict())
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    resumable = set(RESUMABLE_CHANGES)
+    if config.optim.lr_schedule != "constant":  # the decay is spread over max_epochs: changing it changes the steps
+        resumable.discard("training.max_epochs")
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in resumable)
     if diff:
         show = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
         raise ConfigError(
-            f"cannot resume with a different configuration ({show}); only {', '.join(RESUMABLE_CHANGES)} "
-            "may change", ckpt_path,
+            f"cannot resume with a different configuration ({show}); only {', '.join(sorted(resumable))} "
+            "may change" + (" (max_epochs is fixed because optim.lr_schedule decays over it)"
+                            if "training.max_epochs" in diff else ""), ckpt_path,
         )
 
 
