@@ -259,6 +259,7 @@ def _set_learning_rates(method: Any, factor: float) -> None:
 def _validate_volumes(method: Any, cache: Any, config: TrainConfig, device: torch.device) -> dict[str, float]:
     """Segment every validation volume whole with the student (as ``cmedl segment`` does, on the
     working grid) and return the mean per-volume soft Dice loss and hard Dice."""
+    from cmedl.evaluation.metrics import dice
     from cmedl.inference.segment import inference_copy, predict_slices, predict_volume_3d
 
     bf16 = method.precision == "bf16"
@@ -271,13 +272,10 @@ def _validate_volumes(method: Any, cache: Any, config: TrainConfig, device: torc
                                      pad_value=pad)
         else:
             prob, _ = predict_slices(net, case.image, device=device, amp_bf16=bf16, pad_value=pad)
-        p = torch.from_numpy(prob).double()
-        y = torch.from_numpy(case.label).double()
+        p, y = prob.astype(np.float64), case.label.astype(np.float64)
         eps = 1e-6
         losses.append(1.0 - float((2.0 * (p * y).sum() + eps) / (p.sum() + y.sum() + eps)))
-        hard = p > 0.5
-        denom = float(hard.sum() + y.sum())
-        dices.append(2.0 * float((hard * y).sum()) / denom if denom > 0 else 1.0)
+        dices.append(dice(prob > 0.5, case.label > 0))
     return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices))}
 
 
