@@ -13,7 +13,8 @@ Prints, in one run on this machine:
   bf16 autocast): seconds per volume, achieved GFLOP/s, fraction of the fp32 peak (= compute floor
   / time), and the peak RSS of the process (``resource.getrusage``; target <= 3 GB).
 
-Usage: ``python benchmarks/bench_segment.py [--slices 134] [--sweep-slices 6] [--no-bf16]``.
+Usage: ``python benchmarks/bench_segment.py [--slices 134] [--sweep-slices 6] [--no-bf16] [--device cuda]``
+(``--device cuda``: GPU seconds per volume and fraction of the GPU's measured matmul peaks only).
 Random weights are fine: the cost does not depend on the values.
 """
 
@@ -125,6 +126,35 @@ def _full_run(slices: int, width: int, amp: bool) -> dict[str, float]:
     }
 
 
+def cuda_report(slices: int, width: int, no_bf16: bool) -> None:
+    """GPU variant: full-volume ``segment_volume(device="cuda")`` with the library defaults (batch 8
+    slices), fp32 (cuDNN uses TF32 convolutions by default) and bf16 autocast; seconds per volume
+    including preprocessing and host<->device copies, achieved GFLOP/s against the measured fp32
+    (TF32 off) and bf16 matmul peaks, and peak GPU memory."""
+    from bench_train_step import matmul_peak as device_peak
+
+    torch.manual_seed(0)
+    vol = synthetic_ct(slices)
+    net = UNet2D(base_width=width).eval()
+    z, rows, cols = prepare_volume(vol, PreprocessConfig("ct")).shape
+    f_work = flops_per_slice(net, rows, cols)
+    p32 = device_peak(device="cuda")
+    p16 = device_peak(dtype=torch.bfloat16, device="cuda")
+    print(f"{torch.cuda.get_device_name()}: fp32 matmul {p32 / 1e3:.1f} TFLOP/s, bf16 {p16 / 1e3:.1f} TFLOP/s; "
+          f"working grid {z}x{rows}x{cols}, {f_work / 1e9:.1f} GFLOP per slice")
+    for label, amp in [("fp32", False)] + ([] if no_bf16 else [("bf16", True)]):
+        segment_volume(synthetic_ct(8), net, PreprocessConfig("ct"), device="cuda", amp_bf16=amp)  # warm-up
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        segment_volume(vol, net, PreprocessConfig("ct"), device="cuda", amp_bf16=amp)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        gf = z * f_work / dt / 1e9
+        print(f"  {label}: {dt:.2f} s/volume, {gf / 1e3:.1f} TFLOP/s = {gf / p32:.1%} of fp32 peak, "
+              f"{gf / p16:.1%} of bf16 peak; GPU memory peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, "
+              f"host peak RSS {peak_rss_gb():.2f} GB", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -136,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--no-sweep", action="store_true", help="skip the memory-format / batch-size sweep"
     )
+    ap.add_argument("--device", default="cpu", help="cpu (the full report) or cuda (GPU timings only)")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda"):
+        cuda_report(args.slices, args.width, args.no_bf16)
+        return
 
     import concurrent.futures
     import multiprocessing

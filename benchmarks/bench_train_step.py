@@ -11,7 +11,8 @@ run (best of a few large ``torch.mm``). Sizes:
 
 Options: ``--precision fp32 bf16`` (autocast, reported beside fp32), ``--channels-last``,
 ``--profile`` (torch.profiler table of the ops that take the time), ``--iters``, ``--threads``,
-``--ct-only`` (also time the ct-only step). Example::
+``--ct-only`` (also time the ct-only step), ``--device cuda`` (GPU; times with synchronisation, prints
+the fraction of the measured fp32 and bf16 matmul peaks and the peak GPU memory). Example::
 
     python benchmarks/bench_train_step.py --sizes demo 128 --precision fp32 bf16 --iters 3
 """
@@ -29,15 +30,31 @@ from cmedl.methods import build_method
 from cmedl.training.config import load_config
 
 
-def matmul_peak(n: int = 3072, reps: int = 4, dtype: torch.dtype = torch.float32) -> float:
-    """Best achieved GFLOP/s of an ``n x n`` by ``n x n`` matrix product."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int = 3072, reps: int = 4, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """Best achieved GFLOP/s of an ``n x n`` by ``n x n`` matrix product (on CUDA: n = 8192, TF32 off
+    for fp32, i.e. the true fp32 rate)."""
+    if device.startswith("cuda"):
+        n, reps = 8192, max(reps, 10)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
         torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        best = 0.0
+        for _ in range(reps):
+            sync(device)
+            t = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     return best
 
 
@@ -52,39 +69,51 @@ def make_batch(method_name: str, b: int, p: int, seed: int = 0) -> dict[str, tor
 
 
 def bench(size: str, method_name: str, precision: str, channels_last: bool, iters: int, profile: bool,
-          peak: float) -> float:
+          peak: float, device: str = "cpu", bf16_peak: float = float("nan")) -> float:
     """Time one configuration; returns the (possibly raised) fp32 peak used for the fraction."""
     preset, over = ("cpu-demo", []) if size == "demo" else ("paper-ct", [f"data.patch_size={size}"])
-    over += [f"training.method={method_name}", f"training.precision={precision}", "training.device=cpu",
+    over += [f"training.method={method_name}", f"training.precision={precision}", f"training.device={device}",
              f"training.channels_last={str(channels_last).lower()}"]
     cfg = load_config(preset, over)
     torch.manual_seed(0)
-    m = build_method(cfg, "cpu")
+    m = build_method(cfg, device)
     b, p = cfg.training.batch_size, cfg.data.patch_size
     batch = make_batch(method_name, b, p)
-    m.training_step(batch)  # warm-up (allocations, pools)
+    if device.startswith("cuda"):
+        batch = {k: v.pin_memory() for k, v in batch.items()}  # as the trainer's loader does
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2 if device.startswith("cuda") else 1):
+        m.training_step(batch)  # warm-up (allocations, pools, cuDNN algorithm search)
     with FlopCounterMode(display=False) as fc:
         m.training_step(batch)
     flops = fc.get_total_flops()
     times = []
     for _ in range(iters):
+        sync(device)
         t = time.perf_counter()
-        m.training_step(batch)
+        m.training_step(batch)  # returns Python floats: the step has finished on the device
+        sync(device)
         times.append(time.perf_counter() - t)
     s = statistics.median(times)
     # re-measure the peak right after: on a shared machine the load changes, and the fraction is only
     # meaningful against a peak measured under the same conditions (the best one seen is used)
-    peak = max(peak, matmul_peak(reps=2))
+    peak = max(peak, matmul_peak(reps=2, device=device))
     gfs = flops / s / 1e9
+    extra = ""
+    if device.startswith("cuda"):
+        extra = f"  {gfs / bf16_peak:6.1%} of bf16 peak  {torch.cuda.max_memory_allocated() / 2**30:5.2f} GiB"
     print(f"{size:>5} {method_name:8} {precision:5} cl={int(channels_last)} batch {b} {p}x{p}: "
-          f"{s:8.3f} s/iter  {flops / 1e9:8.1f} GFLOP/step  {gfs:7.1f} GFLOP/s  {100 * gfs / peak:5.1f}% of fp32 peak")
+          f"{s:8.3f} s/iter  {flops / 1e9:8.1f} GFLOP/step  {gfs:7.1f} GFLOP/s  {100 * gfs / peak:5.1f}% of fp32 peak"
+          + extra, flush=True)
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as prof
 
-        with prof(activities=[ProfilerActivity.CPU]) as pr:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+        with prof(activities=acts) as pr:
             m.training_step(batch)
-        print(pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+        key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+        print(pr.key_averages().table(sort_by=key, row_limit=14))
     return peak
 
 
@@ -97,16 +126,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--ct-only", action="store_true", help="also time the ct-only step")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU: 'demo 128 256' are all useful sizes)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    peak = matmul_peak()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak:.1f} GFLOP/s")
+    dev = args.device
+    peak = matmul_peak(device=dev)
+    bf16_peak = matmul_peak(dtype=torch.bfloat16, device=dev) if dev.startswith("cuda") else float("nan")
+    where = torch.cuda.get_device_name() if dev.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; fp32 matmul peak {peak:.1f} GFLOP/s"
+          + (f", bf16 {bf16_peak:.1f} GFLOP/s (cuDNN convolutions use TF32 in fp32 mode, so '% of fp32 peak' "
+             "can pass 100%)" if dev.startswith("cuda") else ""))
     for size in args.sizes:
         for prec in args.precision:
-            peak = bench(size, "cmedl", prec, args.channels_last, args.iters, args.profile, peak)
+            peak = bench(size, "cmedl", prec, args.channels_last, args.iters, args.profile, peak, dev, bf16_peak)
             if args.ct_only:
-                peak = bench(size, "ct-only", prec, args.channels_last, args.iters, False, peak)
+                peak = bench(size, "ct-only", prec, args.channels_last, args.iters, False, peak, dev, bf16_peak)
     print(f"best fp32 matmul peak seen: {peak:.1f} GFLOP/s")
 
 
