@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 
-def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str) -> Path:
+def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str,
+                contrast: tuple[float, float] = (0.0, 12.0)) -> Path:
     from cmedl.data.phantom import generate_cohort
 
     manifest = root / "cohort" / "manifest.json"
@@ -33,7 +34,7 @@ def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str) -> Path:
         return manifest
     nx, ny, nz = (int(v) for v in size.split("x"))
     return generate_cohort(root / "cohort", n_ct=n_ct, n_cbct=0, n_mr=n_mr, seed=seed, shape=(nz, ny, nx),
-                           fractions=(0.7, 0.3, 0.0), workers=4)
+                           fractions=(0.7, 0.3, 0.0), workers=4, ct_tumour_contrast_hu=contrast)
 
 
 def read_curve(run: Path) -> list[float]:
@@ -59,10 +60,13 @@ def main() -> None:
     ap.add_argument("--ct", type=int, default=30)
     ap.add_argument("--mr", type=int, default=12)
     ap.add_argument("--size", default="112x112x32", help="X x Y x Z voxels")
+    ap.add_argument("--ct-tumour-contrast", default="0,12",
+                    help="LO,HI |tumour - mediastinum| HU on CT (phantom default 0,12)")
     args = ap.parse_args()
 
     t0 = time.time()
-    manifest = make_cohort(args.out, args.ct, args.mr, args.cohort_seed, args.size)
+    lo, hi = (float(v) for v in args.ct_tumour_contrast.split(","))
+    manifest = make_cohort(args.out, args.ct, args.mr, args.cohort_seed, args.size, (lo, hi))
     print(f"cohort {manifest} ready after {time.time() - t0:.0f} s", flush=True)
     runs = [(m, s, args.out / "runs" / f"{m}_seed{s}") for m in args.methods for s in args.seeds]
     pending = list(runs)

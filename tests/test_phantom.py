@@ -91,6 +91,36 @@ def test_ct_tumour_close_to_mediastinum_far_from_lung():
     assert max(abs(d) for d in diffs) < 25, diffs
 
 
+def test_ct_tumour_contrast_option_sets_the_offset_range():
+    from cmedl.data.phantom.ct import ct_clean, tumour_offset_hu
+
+    _, anat = generate_case("ct", 2, 0, TINY, return_anatomy=True)
+    c = anat.patient.tumour_contrast
+    assert tumour_offset_hu(anat) == pytest.approx(12.0 * c)  # default: the calibrated +-12 HU
+    off = tumour_offset_hu(anat, (30.0, 40.0))
+    assert off == pytest.approx(np.sign(c) * (30.0 + 10.0 * abs(c))) and 30.0 <= abs(off) <= 40.0
+    # in the noise-free CT the tumour core moves by exactly the change of offset; the rest stays
+    lab = anat.labels
+    core = ndi.binary_erosion(lab == Tissue.TUMOUR, iterations=2)
+    far = ndi.binary_dilation(lab == Tissue.TUMOUR, iterations=6) == 0
+    a, b = ct_clean(anat), ct_clean(anat, tumour_contrast_hu=(30.0, 40.0))
+    if core.any():
+        assert float(np.median(b[core] - a[core])) == pytest.approx(off - 12.0 * c, abs=0.5)
+    np.testing.assert_allclose(a[far], b[far], atol=1e-3)
+    # the default keeps cohorts byte-identical; a range changes the CT but not the MRI or masks
+    ref = generate_case("ct", 2, 0, TINY)
+    same = generate_case("ct", 2, 0, TINY, ct_tumour_contrast_hu=(0, 12))
+    assert np.array_equal(ref.image.array, same.image.array)
+    strong = generate_case("ct", 2, 0, TINY, ct_tumour_contrast_hu=(30, 40))
+    assert not np.array_equal(ref.image.array, strong.image.array)
+    assert np.array_equal(ref.mask.array, strong.mask.array)
+    mr = generate_case("mr", 0, 0, TINY)
+    assert np.array_equal(mr.image.array, generate_case("mr", 0, 0, TINY, ct_tumour_contrast_hu=(30, 40)).image.array)
+    for bad in [(12, 0), (-5, 10), (0, 1000), (1, 2, 3)]:
+        with pytest.raises(InputError, match="CT tumour contrast"):
+            generate_case("ct", 0, 0, TINY, ct_tumour_contrast_hu=bad)
+
+
 def test_mr_tumour_bright_against_muscle_and_mediastinum():
     for k in range(3):
         case, anat = generate_case("mr", k, 0, SMALL, return_anatomy=True)
@@ -219,3 +249,11 @@ def test_cli_creates_cohort_and_reports_errors(tmp_path):
     bad = runner.invoke(app, ["data", "phantom", "--out", str(tmp_path / "z"), "--size", "48x48"])
     assert bad.exit_code == 1 and "--size" in bad.output
     assert not (tmp_path / "z").exists()
+    bad = runner.invoke(app, ["data", "phantom", "--out", str(tmp_path / "z"), "--ct-tumour-contrast", "20"])
+    assert bad.exit_code == 1 and "--ct-tumour-contrast" in bad.output and len(bad.output.strip().splitlines()) == 1
+    res = runner.invoke(app, [*args[:3], str(tmp_path / "c"), *args[4:], "--ct-tumour-contrast", "20,30"])
+    assert res.exit_code == 0, res.output
+    m = Manifest.load(tmp_path / "c" / "manifest.json")
+    assert "CT tumour contrast 20-30 HU" in m.description
+    strong = read_volume(m.image_path(m.get("ct_P001")))
+    assert np.array_equal(strong.array, generate_case("ct", 1, 3, (16, 48, 48), ct_tumour_contrast_hu=(20, 30)).image.array)

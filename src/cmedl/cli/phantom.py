@@ -26,6 +26,14 @@ def _triple(text: str | None, what: str, cast: type) -> tuple | None:
     return vals
 
 
+def _pair(text: str, what: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--{what}: expected two numbers LO,HI, got {text!r}") from None
+    return lo, hi
+
+
 def _fractions(text: str) -> tuple[float, float, float]:
     try:
         vals = tuple(float(p) for p in text.split(","))
@@ -79,6 +87,14 @@ def phantom(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a cohort already in --out.")
     ] = False,
+    ct_tumour_contrast: Annotated[
+        str,
+        typer.Option(
+            "--ct-tumour-contrast",
+            help="LO,HI: range of |tumour - mediastinum| HU on CT/CBCT (default 0,12: calibrated, "
+            "nearly invisible; raise it to study how much CT contrast a method needs).",
+        ),
+    ] = "0,12",
 ) -> None:
     """Synthesise a thoracic phantom cohort (CT in HU, CBCT with artefacts, T2w MRI) with tumour masks."""
     from cmedl.data.phantom import generate_cohort
@@ -98,5 +114,6 @@ def phantom(
         workers=workers,
         overwrite=overwrite,
         progress=True,
+        ct_tumour_contrast_hu=_pair(ct_tumour_contrast, "ct-tumour-contrast"),
     )
     console.print(f"wrote {ct + cbct + mr} cases and {path}")

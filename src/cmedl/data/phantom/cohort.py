@@ -26,7 +26,7 @@ import numpy as np
 from cmedl.data.manifest import Case, Manifest, split_by_patient
 from cmedl.data.phantom.anatomy import Anatomy, Grid, TumourInfo, build_anatomy, sample_patient
 from cmedl.data.phantom.cbct import render_cbct
-from cmedl.data.phantom.ct import render_ct
+from cmedl.data.phantom.ct import DEFAULT_TUMOUR_CONTRAST_HU, render_ct
 from cmedl.data.phantom.mri import render_mr
 from cmedl.errors import InputError
 from cmedl.io.volume import Volume, write_volume
@@ -74,6 +74,13 @@ def _check_geometry(shape: Sequence[int], spacing: Sequence[float] | None, what:
         )
 
 
+def _check_contrast(value: Sequence[float]) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value) if len(value) == 2 else (float("nan"),) * 2
+    if not (0.0 <= lo <= hi <= 500.0):
+        raise InputError(f"CT tumour contrast must be two HU values 0 <= LO <= HI <= 500, got {tuple(value)}")
+    return lo, hi
+
+
 def case_id(modality: str, index: int) -> str:
     """The case (and patient) id of case ``index`` of ``modality``: ``ct_P000`` etc."""
     return f"{modality}_P{index:03d}"
@@ -87,6 +94,7 @@ def generate_case(
     spacing: Sequence[float] | None = None,
     mr_spacing: Sequence[float] | None = None,
     return_anatomy: bool = False,
+    ct_tumour_contrast_hu: Sequence[float] = DEFAULT_TUMOUR_CONTRAST_HU,
 ) -> PhantomCase | tuple[PhantomCase, Anatomy]:
     """Generate case ``index`` of ``modality`` (``ct``, ``cbct`` or ``mr``).
 
@@ -95,6 +103,8 @@ def generate_case(
         spacing: CT/CBCT spacing ``(x, y, z)`` mm (default: :func:`default_spacing`).
         mr_spacing: MRI spacing ``(x, y, z)`` mm (default: CT spacing x :data:`MR_SPACING_RATIO`).
         return_anatomy: also return the :class:`Anatomy` (label map, texture, parameters).
+        ct_tumour_contrast_hu: ``(lo, hi)`` range of |tumour - mediastinum| HU on CT/CBCT (default
+            ``(0, 12)``, calibrated; see :func:`cmedl.data.phantom.ct.tumour_offset_hu`).
     """
     if modality not in MODALITY_CODES:
         from cmedl.errors import did_you_mean
@@ -103,6 +113,7 @@ def generate_case(
     shape = tuple(int(s) for s in shape)
     _check_geometry(shape, spacing, "CT grid")
     _check_geometry(shape, mr_spacing, "MRI grid")
+    contrast = _check_contrast(ct_tumour_contrast_hu)
     ct_sp = tuple(float(s) for s in spacing) if spacing is not None else default_spacing(shape)
     ss = np.random.SeedSequence([int(seed), MODALITY_CODES[modality], int(index)])
     anat_rng, render_rng, grid_rng = (np.random.default_rng(s) for s in ss.spawn(3))
@@ -119,9 +130,9 @@ def generate_case(
     patient = sample_patient(anat_rng)
     anatomy = build_anatomy(patient, grid, anat_rng)
     if modality == "ct":
-        img = render_ct(anatomy, render_rng)
+        img = render_ct(anatomy, render_rng, tumour_contrast_hu=contrast)
     elif modality == "cbct":
-        img = render_cbct(anatomy, render_rng)
+        img = render_cbct(anatomy, render_rng, tumour_contrast_hu=contrast)
     else:
         img = render_mr(anatomy, render_rng)
     image = grid.volume(np.rint(img).astype(np.int16))
@@ -151,8 +162,8 @@ def _init_worker() -> None:
 
 def _write_case(args: tuple) -> dict:
     """Worker: generate one case and write ``images/<id>.nii.gz`` and ``labels/<id>.nii.gz``."""
-    modality, index, seed, shape, spacing, mr_spacing, out_dir, with_label = args
-    case = generate_case(modality, index, seed, shape, spacing, mr_spacing)
+    modality, index, seed, shape, spacing, mr_spacing, out_dir, with_label, contrast = args
+    case = generate_case(modality, index, seed, shape, spacing, mr_spacing, ct_tumour_contrast_hu=contrast)
     assert isinstance(case, PhantomCase)
     out = Path(out_dir)
     img_rel = f"images/{case.case_id}.nii.gz"
@@ -185,6 +196,7 @@ def generate_cohort(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool | Callable[[int, int], None] = False,
+    ct_tumour_contrast_hu: Sequence[float] = DEFAULT_TUMOUR_CONTRAST_HU,
 ) -> Path:
     """Write a phantom cohort to ``out_dir`` and return the path of its ``manifest.json``.
 
@@ -198,6 +210,8 @@ def generate_cohort(
         workers: processes (default ``min(2, cpu count)``; 1 = in this process).
         overwrite: replace an existing cohort in ``out_dir`` (else an existing manifest is an error).
         progress: show a rich progress bar (True) or call ``progress(done, total)``.
+        ct_tumour_contrast_hu: ``(lo, hi)`` |tumour - mediastinum| HU on CT/CBCT (default ``(0, 12)``:
+            the calibrated, nearly invisible contrast; larger values for contrast studies).
 
     Raises:
         InputError: bad counts/geometry, or ``out_dir`` already holds a manifest. On any error the
@@ -214,6 +228,7 @@ def generate_cohort(
     shape = tuple(int(s) for s in shape)
     _check_geometry(shape, spacing, "CT grid")
     _check_geometry(shape, mr_spacing, "MRI grid")
+    contrast = _check_contrast(ct_tumour_contrast_hu)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
     manifest_path = out / "manifest.json"
@@ -224,7 +239,7 @@ def generate_cohort(
     out.mkdir(parents=True, exist_ok=True)
 
     jobs = [
-        (mod, k, int(seed), shape, spacing, mr_spacing, str(out), mod != "mr" or mr_labels)
+        (mod, k, int(seed), shape, spacing, mr_spacing, str(out), mod != "mr" or mr_labels, contrast)
         for mod in ("ct", "cbct", "mr")
         for k in range(int(counts[mod]))
     ]
@@ -286,6 +301,8 @@ def generate_cohort(
             description=(
                 f"synthetic thoracic phantom: {n_ct} CT, {n_cbct} CBCT, {n_mr} T2w MRI (unpaired patients), "
                 f"{nx}x{ny}x{nz} voxels, seed {seed}; labels = tumour masks"
+                + ("" if contrast == DEFAULT_TUMOUR_CONTRAST_HU
+                   else f"; CT tumour contrast {contrast[0]:g}-{contrast[1]:g} HU")
             ),
             seed=int(seed),
         )

@@ -16,7 +16,10 @@ noise             local SD ~13 HU in soft tissue and ~15 HU in fat on 2-mm avera
 
 The tumour is set within +-12 HU of mediastinal soft tissue (below the noise SD of 18 HU), so a
 tumour touching the mediastinum or heart has an almost invisible boundary, while against lung
-(~900 HU lower) it is obvious: the premise of CMEDL.
+(~900 HU lower) it is obvious: the premise of CMEDL. ``tumour_contrast_hu`` (``cmedl data phantom
+--ct-tumour-contrast LO,HI``) widens that range for studies of how much CT contrast a method needs:
+|tumour - mediastinum| is then LO + (HI - LO) x |c| HU for the patient's contrast draw c in [-1, 1]
+(default 0,12: the calibrated +-12 HU above).
 """
 
 from __future__ import annotations
@@ -62,10 +65,18 @@ CT_TEXTURE: dict[Tissue, float] = {
 }
 
 
-def tumour_offset_hu(anatomy: Anatomy) -> float:
-    """Tumour minus mediastinum HU for this patient, in [-12, 12] (from the patient parameters,
-    so CT and CBCT of one anatomy agree)."""
-    return 12.0 * anatomy.patient.tumour_contrast
+#: Default range of |tumour - mediastinum| on CT/CBCT (HU): the calibrated +-12 HU.
+DEFAULT_TUMOUR_CONTRAST_HU = (0.0, 12.0)
+
+
+def tumour_offset_hu(anatomy: Anatomy,
+                     tumour_contrast_hu: tuple[float, float] = DEFAULT_TUMOUR_CONTRAST_HU) -> float:
+    """Tumour minus mediastinum HU for this patient (from the patient parameters, so CT and CBCT of
+    one anatomy agree): ``sign(c) * (lo + (hi - lo) * |c|)`` for the patient's draw ``c`` in [-1, 1],
+    i.e. in [-12, 12] HU with the default ``(0, 12)``."""
+    lo, hi = (float(v) for v in tumour_contrast_hu)
+    c = anatomy.patient.tumour_contrast
+    return float(np.sign(c)) * (lo + (hi - lo) * abs(c)) if c != 0 else 0.0
 
 
 def _lut(values: dict[Tissue, float], default: float = 0.0) -> np.ndarray:
@@ -90,14 +101,17 @@ def correlated_noise(
 
 
 def ct_clean(
-    anatomy: Anatomy, blur_vox: tuple[float, float, float] = (0.4, 0.6, 0.6)
+    anatomy: Anatomy,
+    blur_vox: tuple[float, float, float] = (0.4, 0.6, 0.6),
+    tumour_contrast_hu: tuple[float, float] = DEFAULT_TUMOUR_CONTRAST_HU,
 ) -> np.ndarray:
     """Noise-free CT (HU, float32 ``[z, y, x]``): tissue means + texture, gravity-dependent lung
-    density, breathing-dependent lung HU, partial-volume blur of ``blur_vox`` voxels (z, y, x)."""
+    density, breathing-dependent lung HU, partial-volume blur of ``blur_vox`` voxels (z, y, x);
+    ``tumour_contrast_hu``: see :func:`tumour_offset_hu`."""
     p = anatomy.patient
     values = dict(CT_HU)
     values[T.LUNG] = CT_HU[T.LUNG] + (0.5 - p.breath) * 50.0
-    off = tumour_offset_hu(anatomy)
+    off = tumour_offset_hu(anatomy, tumour_contrast_hu)
     values[T.TUMOUR] = CT_HU[T.MEDIASTINUM] + off
     values[T.NECROSIS] = CT_HU[T.MEDIASTINUM] + off - 18.0
     labels = anatomy.labels
@@ -115,9 +129,10 @@ def render_ct(
     anatomy: Anatomy,
     rng: np.random.Generator,
     noise_sd: float = 18.0,
+    tumour_contrast_hu: tuple[float, float] = DEFAULT_TUMOUR_CONTRAST_HU,
 ) -> np.ndarray:
     """CT in HU (float32 ``[z, y, x]``, clipped to [-1024, 3071]) with correlated noise of SD
-    ``noise_sd`` HU."""
-    hu = ct_clean(anatomy)
+    ``noise_sd`` HU; ``tumour_contrast_hu``: see :func:`tumour_offset_hu`."""
+    hu = ct_clean(anatomy, tumour_contrast_hu=tumour_contrast_hu)
     hu += correlated_noise(rng, hu.shape, noise_sd, 0.7)
     return np.clip(hu, -1024.0, 3071.0, out=hu)
