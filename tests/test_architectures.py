@@ -34,12 +34,12 @@ TINY = [
     "model.seg_base_width=4", "model.gen_base_width=4", "model.gen_n_blocks=1", "model.disc_base_width=4",
     "model.disc_n_layers=2", f"data.patch_size={P}", "training.batch_size=2", "data.samples_per_epoch=16",
     "data.val_samples=2", "loss.contextual_layers=[conv1_2]", "loss.contextual_max_positions=64",
-    "training.device=cpu", "training.progress=false", "optim.lr_segmentation=3e-3", "data.augment=false",
+    "training.device=cpu", "training.precision=fp32", "training.progress=false", "optim.lr_segmentation=3e-3", "data.augment=false",
     "data.tumour_fraction=1.0",
 ]
 TINY_3D = [
     "model.seg_base_width=4", f"data.patch_size_3d={P3}", "data.modality=ct", "training.batch_size=2",
-    "data.samples_per_epoch=4", "data.val_samples=2", "training.device=cpu", "training.progress=false",
+    "data.samples_per_epoch=4", "data.val_samples=2", "training.device=cpu", "training.precision=fp32", "training.progress=false",
     "optim.lr_segmentation=3e-3", "data.tumour_fraction=1.0",
 ]
 

@@ -25,7 +25,7 @@ P = 32  # patch side (pixels)
 TINY = [
     "model.seg_base_width=4", "model.gen_base_width=4", "model.gen_n_blocks=1", "model.disc_base_width=4",
     "model.disc_n_layers=2", f"data.patch_size={P}", "training.batch_size=2", "data.samples_per_epoch=4",
-    "loss.contextual_layers=[conv1_2]", "loss.contextual_max_positions=64", "training.device=cpu",
+    "loss.contextual_layers=[conv1_2]", "loss.contextual_max_positions=64", "training.device=cpu", "training.precision=fp32",
 ]
 
 

@@ -28,7 +28,7 @@ TINY = [
     "model.seg_base_width=4", "model.gen_base_width=4", "model.gen_n_blocks=1", "model.disc_base_width=4",
     "model.disc_n_layers=2", "data.patch_size=32", "training.batch_size=2", "data.samples_per_epoch=4",
     "data.val_samples=4", "loss.contextual_layers=[conv1_2]", "loss.contextual_max_positions=32",
-    "training.device=cpu", "training.progress=false", "data.augment_params={elastic_prob: 0.0}",
+    "training.device=cpu", "training.precision=fp32", "training.progress=false", "data.augment_params={elastic_prob: 0.0}",
 ]
 
 
@@ -63,6 +63,8 @@ def test_presets_load_with_paper_values() -> None:
     demo = load_config("cpu-demo")
     assert (demo.data.patch_size, demo.model.seg_base_width, demo.model.gen_base_width, demo.training.batch_size) \
         == (64, 16, 16, 8)
+    # the demo trains in bf16 only where the hardware has it (cmedl.devices.native_bf16), else fp32
+    assert demo.training.precision == "auto" and demo.training.device == "cpu"
 
 
 def test_unknown_key_and_preset_give_did_you_mean() -> None:
