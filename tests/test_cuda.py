@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from test_architectures import TINY_3D
-from test_training import _record, tiny
+from test_training import _record, _stop_at_step, tiny
 from typer.testing import CliRunner
 
 from cmedl.cli import app
@@ -77,15 +77,8 @@ def test_resume_on_cuda_reproduces_the_uninterrupted_run(phantom: Path, tmp_path
     full: list[dict] = []
     train(cfg, phantom, out_dir=tmp_path / "full", step_callback=_record(full))
     part: list[dict] = []
-    record = _record(part)
-
-    def stop_at_step_3(step: int, losses: dict) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-        record(step, losses)
-
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, phantom, out_dir=tmp_path / "part", step_callback=stop_at_step_3)
+        train(cfg, phantom, out_dir=tmp_path / "part", step_callback=_stop_at_step(3, part))
     ck = load_checkpoint(tmp_path / "part" / "last.pt")
     assert ck["rng"]["cuda"], "the CUDA generator state must be saved"
     train(cfg, phantom, out_dir=tmp_path / "part", resume=True, step_callback=_record(part))

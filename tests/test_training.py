@@ -141,6 +141,18 @@ def _record(store: list):
     return lambda step, losses: store.append(dict(losses))
 
 
+def _stop_at_step(n: int, store: list):
+    """Step callback recording the losses into ``store`` that stops the run (as Ctrl-C would) at step ``n``."""
+    record = _record(store)
+
+    def callback(step: int, losses: dict) -> None:
+        if step == n:
+            raise KeyboardInterrupt
+        record(step, losses)
+
+    return callback
+
+
 def test_resume_reproduces_the_uninterrupted_run(phantom: Path, tmp_path: Path) -> None:
     cfg2 = tiny("training.max_epochs=2", "loss.pool_size=2")
     full: list[dict] = []
@@ -150,15 +162,8 @@ def test_resume_reproduces_the_uninterrupted_run(phantom: Path, tmp_path: Path) 
     # the same run stopped by the user at its third step (cpu-demo decays the learning rate over
     # max_epochs, so the resumed steps must also see the same schedule)
     part: list[dict] = []
-    record = _record(part)
-
-    def stop_at_step_3(step: int, losses: dict) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-        record(step, losses)
-
     with pytest.raises(KeyboardInterrupt):
-        train(cfg2, phantom, out_dir=tmp_path / "part", step_callback=stop_at_step_3)
+        train(cfg2, phantom, out_dir=tmp_path / "part", step_callback=_stop_at_step(3, part))
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
     r_res = train(cfg2, phantom, out_dir=tmp_path / "part", resume=True, step_callback=_record(part))
     assert len(part) == 4 and r_res.epochs == 2
