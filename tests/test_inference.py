@@ -368,8 +368,13 @@ def test_cli_errors_are_one_line_and_leave_no_output(tmp_path: Path) -> None:
     good = write_volume(phantom_ct((3, 20, 20)), tmp_path / "good.nii.gz")
     bad_model = tmp_path / "bad.pt"
     bad_model.write_bytes(b"not a checkpoint")
+    nan_ct = phantom_ct((3, 20, 20))
+    nan_arr = nan_ct.array.astype(np.float32)
+    nan_arr[1, 5, 5] = np.nan  # SimpleITK would read this NIfTI voxel as 0 HU
+    nan_file = write_volume(nan_ct.with_array(nan_arr), tmp_path / "nan_ct.nii.gz")
     runner = CliRunner()
     cases = [
+        (["segment", "--model", str(ckpt), str(nan_file), "--out"], "nan_ct.nii.gz: image has NaN"),
         (
             ["segment", "--model", str(ckpt), str(good), str(tmp_path / "missing.nii.gz"), "--out"],
             "missing.nii.gz",

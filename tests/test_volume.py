@@ -57,3 +57,45 @@ def test_write_failure_leaves_no_partial_file(tmp_path, tiny_volume):
     with pytest.raises(InputError):
         write_volume(tiny_volume, tmp_path / "out.png")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+def test_nan_and_inf_are_flagged_in_every_format(tmp_path, suffix):
+    """SimpleITK reads NIfTI NaN/Inf as 0: read_volume must still flag them, and segmentation refuse them."""
+    import SimpleITK as sitk
+
+    from cmedl.data.preprocess import PreprocessConfig, prepare_volume
+
+    arr = np.full((4, 6, 7), 40.0, np.float32)
+    clean = tmp_path / f"clean{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(clean))
+    assert "has_nonfinite" not in read_volume(clean).meta
+    for bad_value in (np.nan, np.inf):
+        arr[3, 5, 6] = bad_value  # the last voxel: the scan must reach the end of the payload
+        path = tmp_path / f"bad{suffix}"
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+        vol = read_volume(path)
+        assert vol.meta.get("has_nonfinite") == "1"
+        with pytest.raises(InputError, match=rf"^{path}: image has NaN or infinite voxels$"):
+            prepare_volume(vol, PreprocessConfig("ct"))
+    # integer NIfTI cannot hold NaN and is not scanned
+    ints = tmp_path / f"int{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.int16) * 0), str(ints))
+    assert "has_nonfinite" not in read_volume(ints).meta
+
+
+def test_nifti_scan_crosses_chunks_and_reads_float64(tmp_path):
+    import SimpleITK as sitk
+
+    from cmedl.io.volume import nifti_has_nonfinite
+
+    arr = np.zeros((5, 8, 9), np.float64)
+    path = tmp_path / "f8.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    assert not nifti_has_nonfinite(path, chunk_bytes=40)
+    arr[2, 4, 4] = -np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    assert nifti_has_nonfinite(path, chunk_bytes=40)  # 5 voxels per chunk, the bad one in the middle
+    assert nifti_has_nonfinite(path)
+    (tmp_path / "junk.nii").write_bytes(b"not a nifti file")
+    assert not nifti_has_nonfinite(tmp_path / "junk.nii")

@@ -544,7 +544,9 @@ def prepare_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:
     """
     source = volume.meta.get("source", "volume")
     arr = volume.array
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+    if volume.meta.get("has_nonfinite") == "1" or (
+        np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all()
+    ):
         raise InputError("image has NaN or infinite voxels", source)
     if arr.size == 0:
         raise InputError("image is empty", source)

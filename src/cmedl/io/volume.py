@@ -169,9 +169,60 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
         vol = Volume.from_sitk(image, meta={"source": str(path)})
     except InputError as exc:
         raise InputError(str(exc), path) from None
-    if np.issubdtype(vol.array.dtype, np.floating) and not np.isfinite(vol.array).all():
+    if np.issubdtype(vol.array.dtype, np.floating) and (
+        not np.isfinite(vol.array).all()
+        or (path.name.lower().endswith((".nii", ".nii.gz")) and nifti_has_nonfinite(path))
+    ):
+        # has_nonfinite also covers NIfTI files whose NaN SimpleITK read as 0: consumers refuse them
         vol.meta["has_nonfinite"] = "1"
     return vol
+
+
+#: NIfTI datatype codes of real floating-point voxels (the only ones that can hold NaN/Inf).
+_NIFTI_FLOAT_DTYPES = {16: "f4", 64: "f8"}
+
+
+def nifti_has_nonfinite(path: str | Path, chunk_bytes: int = 1 << 24) -> bool:
+    """Whether a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) stores NaN or infinite voxel values.
+
+    Written by hand because SimpleITK's NIfTI reader silently turns NaN and Inf into 0 (checked with
+    SimpleITK 2.5: NRRD and MHA keep them), which would make a NaN-padded resampled scan look like water
+    instead of being refused. Reads the header and streams the float payload in chunks (integer files
+    are not scanned: they cannot hold NaN). Returns False for anything it cannot parse.
+    """
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+            if len(head) < 348:
+                return False
+            for endian in "<>":
+                size = int(np.frombuffer(head[:4], f"{endian}i4")[0])
+                if size in (348, 540):
+                    break
+            else:
+                return False
+            if size == 348:  # NIfTI-1: datatype at 70 (int16), vox_offset at 108 (float32)
+                code = int(np.frombuffer(head[70:72], f"{endian}i2")[0])
+                offset = int(np.frombuffer(head[108:112], f"{endian}f4")[0])
+            else:  # NIfTI-2: datatype at 12 (int16), vox_offset at 168 (int64)
+                code = int(np.frombuffer(head[12:14], f"{endian}i2")[0])
+                offset = int(np.frombuffer(head[168:176], f"{endian}i8")[0])
+            if code not in _NIFTI_FLOAT_DTYPES:
+                return False
+            dtype = np.dtype(endian + _NIFTI_FLOAT_DTYPES[code])
+            f.seek(offset)  # gzip: decompresses up to there
+            chunk = max(dtype.itemsize, chunk_bytes - chunk_bytes % dtype.itemsize)
+            while block := f.read(chunk):
+                usable = len(block) - len(block) % dtype.itemsize
+                if not np.isfinite(np.frombuffer(block[:usable], dtype)).all():
+                    return True
+    except (OSError, EOFError, ValueError):
+        return False
+    return False
 
 
 @contextlib.contextmanager
