@@ -288,3 +288,14 @@ def test_single_roi_needs_no_name_and_failed_import_keeps_dataset(tmp_path, dico
         sorted(p.relative_to(out) for p in out.rglob("*")) == before
     )  # no b.nii.gz, no temp files
     assert (out / "manifest.json").read_text() == manifest_text
+
+
+def test_python_dash_m_cmedl_runs_the_cli(tmp_path):
+    """``python -m cmedl`` works where the console script is not on PATH (e.g. a remote job)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "cmedl", "data", "info", str(tmp_path / "missing.nii.gz")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"error: {tmp_path / 'missing.nii.gz'}: no such file or folder"
