@@ -116,7 +116,7 @@ def test_ct_tumour_contrast_option_sets_the_offset_range():
     assert np.array_equal(ref.mask.array, strong.mask.array)
     mr = generate_case("mr", 0, 0, TINY)
     assert np.array_equal(mr.image.array, generate_case("mr", 0, 0, TINY, ct_tumour_contrast_hu=(30, 40)).image.array)
-    for bad in [(12, 0), (-5, 10), (0, 1000), (1, 2, 3)]:
+    for bad in [(12, 0), (-5, 10), (0, 1000), (1, 2, 3), 5.0, ("a", 1)]:
         with pytest.raises(InputError, match="CT tumour contrast"):
             generate_case("ct", 0, 0, TINY, ct_tumour_contrast_hu=bad)
 

@@ -75,7 +75,10 @@ def _check_geometry(shape: Sequence[int], spacing: Sequence[float] | None, what:
 
 
 def _check_contrast(value: Sequence[float]) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value) if len(value) == 2 else (float("nan"),) * 2
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):  # not two numbers
+        lo = hi = float("nan")
     if not (0.0 <= lo <= hi <= 500.0):
         raise InputError(f"CT tumour contrast must be two HU values 0 <= LO <= HI <= 500, got {tuple(value)}")
     return lo, hi
