@@ -80,7 +80,7 @@ def _check_contrast(value: Sequence[float]) -> tuple[float, float]:
     except (TypeError, ValueError):  # not two numbers
         lo = hi = float("nan")
     if not (0.0 <= lo <= hi <= 500.0):
-        raise InputError(f"CT tumour contrast must be two HU values 0 <= LO <= HI <= 500, got {tuple(value)}")
+        raise InputError(f"CT tumour contrast must be two HU values 0 <= LO <= HI <= 500, got {value!r}")
     return lo, hi
 
 
