@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from _common import matmul_peak, median_time
 
 from cmedl.nets import PatchDiscriminator, ResnetGenerator, build_segmentation_net, count_parameters
 
@@ -24,18 +24,6 @@ from cmedl.nets import PatchDiscriminator, ResnetGenerator, build_segmentation_n
 #: so the same 1/4 scaling gives growth 3; we use 4 (base_width 16 would be 1.3x the paper's net).
 DEMO_WIDTH = {"unet": 16, "densefcn57": 4, "mrrn": 16, "generator": 16, "discriminator": 16}
 NETS_2D = ("unet", "densefcn57", "mrrn")
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 3) -> float:
-    """Measured fp32 matmul rate (GFLOP/s) of this machine with the current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
 
 
 def build(name: str, width: int | None) -> torch.nn.Module:
@@ -53,16 +41,6 @@ def step_fn(net: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
         out.float().square().mean().backward()
 
     return step
-
-
-def time_step(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up (oneDNN primitive creation)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def count_gflop(step: Callable[[], None]) -> float:
@@ -89,7 +67,7 @@ def run(threads: int, repeats: int, quick: bool) -> None:
     """Print the table for one thread count."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak(n=2048, reps=3)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"torch {torch.__version__}, {threads} thread(s), load average {load:.1f} (other processes)"
@@ -109,7 +87,7 @@ def run(threads: int, repeats: int, quick: bool) -> None:
             x = torch.randn(batch, 1, size, size)
             step = step_fn(net, x)
             gflop = count_gflop(step)
-            sec = time_step(step, repeats)
+            sec = median_time(step, repeats)
             rate = gflop / sec
             print(
                 f"{name:<14}{label:<18}{shown_width:>6}{count_parameters(net):>13,}{gflop:>9.1f}"

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import matmul_peak as _peak
+
 from cmedl.data.preprocess import PreprocessConfig, prepare_volume
 from cmedl.inference.segment import inference_copy, predict_slices, segment_volume
 from cmedl.io import Volume
@@ -67,17 +69,9 @@ def synthetic_ct(slices: int, size: int = 512, seed: int = 0) -> Volume:
     return Volume(vol, spacing=(0.78, 0.78, 2.5), origin=(-200.0, -200.0, -150.0))
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 4096, reps: int = 3) -> float:
-    """Best GFLOP/s of an n x n x n ``torch.mm`` (2 n^3 FLOPs)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
+def matmul_peak(dtype: torch.dtype = torch.float32, reps: int = 3) -> float:
+    """Best CPU GFLOP/s of a 4096^3 ``torch.mm`` in ``dtype``."""
+    return _peak(n=4096, reps=reps, dtype=dtype)
 
 
 def flops_per_slice(net: torch.nn.Module, rows: int, cols: int) -> float:
@@ -131,15 +125,13 @@ def cuda_report(slices: int, width: int, no_bf16: bool) -> None:
     slices), fp32 (cuDNN uses TF32 convolutions by default) and bf16 autocast; seconds per volume
     including preprocessing and host<->device copies, achieved GFLOP/s against the measured fp32
     (TF32 off) and bf16 matmul peaks, and peak GPU memory."""
-    from bench_train_step import matmul_peak as device_peak
-
     torch.manual_seed(0)
     vol = synthetic_ct(slices)
     net = UNet2D(base_width=width).eval()
     z, rows, cols = prepare_volume(vol, PreprocessConfig("ct")).shape
     f_work = flops_per_slice(net, rows, cols)
-    p32 = device_peak(device="cuda")
-    p16 = device_peak(dtype=torch.bfloat16, device="cuda")
+    p32 = _peak(device="cuda")
+    p16 = _peak(dtype=torch.bfloat16, device="cuda")
     print(f"{torch.cuda.get_device_name()}: fp32 matmul {p32 / 1e3:.1f} TFLOP/s, bf16 {p16 / 1e3:.1f} TFLOP/s; "
           f"working grid {z}x{rows}x{cols}, {f_work / 1e9:.1f} GFLOP per slice")
     for label, amp in [("fp32", False)] + ([] if no_bf16 else [("bf16", True)]):

@@ -26,36 +26,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import matmul_peak, sync
+
 from cmedl.methods import build_method
 from cmedl.training.config import load_config
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def matmul_peak(n: int = 3072, reps: int = 4, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
-    """Best achieved GFLOP/s of an ``n x n`` by ``n x n`` matrix product (on CUDA: n = 8192, TF32 off
-    for fp32, i.e. the true fp32 rate)."""
-    if device.startswith("cuda"):
-        n, reps = 8192, max(reps, 10)
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        torch.mm(a, b)
-        best = 0.0
-        for _ in range(reps):
-            sync(device)
-            t = time.perf_counter()
-            torch.mm(a, b)
-            sync(device)
-            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    return best
 
 
 def make_batch(method_name: str, b: int, p: int, seed: int = 0) -> dict[str, torch.Tensor]:
