@@ -424,3 +424,13 @@ def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch):
     assert devices.resolve_precision("fp32", cpu) == "fp32" and devices.resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError, match="did you mean 'bf16'"):
         devices.resolve_precision("bf61", cpu)
+
+
+def test_keep_freed_host_memory_applies_on_glibc_only():
+    import platform
+
+    from cmedl import devices
+
+    applied = devices.keep_freed_host_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert devices.keep_freed_host_memory() is applied  # applied once per process

@@ -297,3 +297,36 @@ def test_image_pool_fills_then_mixes_and_round_trips() -> None:
     clone.load_state_dict(state)
     assert torch.equal(clone.query(new), out)
     assert torch.equal(ImagePool(size=0).query(new), new)
+
+
+def _is_channels_last(net: torch.nn.Module) -> bool:
+    w = next(p for p in net.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+@pytest.mark.parametrize(("setting", "seg_cl", "gan_cl"), [("auto", True, False), ("true", True, True),
+                                                           ("false", False, False)])
+def test_channels_last_setting_picks_the_networks(setting: str, seg_cl: bool, gan_cl: bool) -> None:
+    m = build_method(tiny_config(f"training.channels_last={setting}"), "cpu")
+    for name, net in m.networks.items():
+        want = seg_cl if name in ("student_ct", "teacher_mr") else gan_cl
+        assert _is_channels_last(net) == want, name
+    logs = m.training_step(make_batch())
+    assert all(math.isfinite(v) for v in logs.values())
+
+
+def test_channels_last_auto_gives_the_same_step_as_contiguous() -> None:
+    out = {}
+    for setting in ("auto", "false"):
+        torch.manual_seed(0)
+        m = build_method(tiny_config(f"training.channels_last={setting}"), "cpu")
+        out[setting] = [m.training_step(make_batch(i)) for i in range(2)]
+    for a, b in zip(out["auto"], out["false"], strict=True):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-4), k
+
+
+def test_channels_last_rejects_unknown_values() -> None:
+    with pytest.raises(ConfigError, match="training.channels_last"):
+        tiny_config("training.channels_last=sometimes")
+    assert tiny_config().training.channels_last == "auto"

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmedl.devices import resolve_device
+from cmedl.devices import keep_freed_host_memory, resolve_device
 from cmedl.errors import CmedlError, InputError
 from cmedl.inference.postprocess import postprocess_probabilities
 from cmedl.io.volume import IMAGE_SUFFIXES, Volume, read_volume, write_volume
@@ -532,6 +532,8 @@ def segment_files(
     if mc_dropout_samples < 0:
         raise InputError(f"the number of MC-dropout samples must be >= 0, got {mc_dropout_samples}")
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_host_memory()
     cases = check_inputs(inputs, out_dir)
     net, cfg, patch_size = _load_student(model_path)
     if patch_size is not None and mc_dropout_samples:

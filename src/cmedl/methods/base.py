@@ -41,6 +41,13 @@ def parameters_of(nets: Iterable[nn.Module]) -> list[nn.Parameter]:
     return [p for net in nets for p in net.parameters()]
 
 
+#: networks that ``training.channels_last: auto`` puts in channels_last on CPU: the segmentation nets,
+#: 22-31 % faster that way in fp32 (forward + backward, batch 8 at 64 px, widths 16, 2-core CPU:
+#: unet 66 -> 52 ms, densefcn57 218 -> 150 ms, mrrn 130 -> 97 ms). The CycleGAN networks are not
+#: (their reflection padding and instance norm are slower in that layout).
+AUTO_CHANNELS_LAST = ("student_ct", "teacher_mr")
+
+
 class Method(abc.ABC):
     """A training method; subclasses fill :attr:`networks` and :attr:`optimizers` in ``__init__``."""
 
@@ -64,12 +71,21 @@ class Method(abc.ABC):
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.config.training.channels_last else torch.contiguous_format
+        """Layout of the input batches (and of every network with ``training.channels_last: true``)."""
+        return torch.channels_last if self.config.training.channels_last is True else torch.contiguous_format
+
+    def memory_format_of(self, name: str) -> torch.memory_format:
+        """Layout of network ``name``: :attr:`memory_format`, or with ``training.channels_last: auto``
+        channels_last for the 2D segmentation networks on CPU (see :data:`AUTO_CHANNELS_LAST`)."""
+        if self.config.training.channels_last == "auto":
+            auto = self.device.type == "cpu" and name in AUTO_CHANNELS_LAST and getattr(self, "dims", 2) == 2
+            return torch.channels_last if auto else torch.contiguous_format
+        return self.memory_format
 
     def _finish_networks(self) -> None:
-        """Move every network to the device (and memory format) after construction."""
-        for net in self.networks.values():
-            net.to(self.device, memory_format=self.memory_format)
+        """Move every network to the device (and its memory format) after construction."""
+        for name, net in self.networks.items():
+            net.to(self.device, memory_format=self.memory_format_of(name))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast when the (resolved) precision is bf16 (weights stay fp32), else a no-op."""

@@ -54,7 +54,7 @@ class CTOnly3D(CTOnly):
     @property
     def memory_format(self) -> torch.memory_format:
         # channels_last is the 4D layout; 5D tensors use its 3D counterpart
-        return torch.channels_last_3d if self.config.training.channels_last else torch.contiguous_format
+        return torch.channels_last_3d if self.config.training.channels_last is True else torch.contiguous_format
 
     def visuals(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The middle axial slice of each patch ``[B, 1, h, w]`` (image, expert and predicted masks)."""

@@ -184,8 +184,10 @@ class TrainingConfig:
     log_every: int = 10
     #: write a PNG image grid (CT, pMRI, rec. CT, expert and predicted masks) every epoch
     image_grid: bool = True
-    #: use torch.channels_last memory format for the networks
-    channels_last: bool = False
+    #: torch.channels_last memory format: ``true`` (every network), ``false`` (none) or ``auto``: the
+    #: segmentation networks (student, teacher) on CPU, where it was measured 22-31 % faster in
+    #: fp32 (forward + backward at cpu-demo size, unet / densefcn57 / mrrn), and none on CUDA
+    channels_last: bool | str = "auto"
     #: show a progress bar
     progress: bool = True
 
@@ -239,6 +241,8 @@ class TrainConfig:
         choice("loss.dice_reduction", self.loss.dice_reduction, ("batch", "sample"))
         choice("training.device", self.training.device, DEVICES)
         choice("training.precision", self.training.precision, PRECISIONS)
+        if isinstance(self.training.channels_last, str):
+            choice("training.channels_last", self.training.channels_last, ("auto", "true", "false"))
         choice("training.validation", self.training.validation, VALIDATION_MODES)
         choice("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
         if not 0.0 <= self.optim.lr_decay_start < 1.0:

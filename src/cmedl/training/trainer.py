@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cmedl.data.manifest import Manifest
-from cmedl.devices import resolve_device
+from cmedl.devices import keep_freed_host_memory, resolve_device
 from cmedl.errors import CmedlError, ConfigError, InputError
 from cmedl.training.checkpoint import (
     capture_rng_state,
@@ -325,6 +325,8 @@ def train(
 
     tc = config.training
     device = resolve_device(tc.device)
+    if device.type == "cpu":
+        keep_freed_host_memory()  # ~10 % faster CPU steps (no page faults on every step's buffers)
     manifest = _as_manifest(data_manifest)
     assert manifest is not None
     mr_m = _as_manifest(mr_manifest)

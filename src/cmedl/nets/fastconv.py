@@ -1,0 +1,178 @@
+"""Faster CPU training for large-kernel convolutions with one input or one output channel.
+
+The CycleGAN generators start and end with 7x7 convolutions between the grayscale image and ``w``
+feature maps (``c7s1``: 1 -> w and w -> 1). They hold ~2 % of a cpu-demo CMEDL step's FLOPs, yet
+oneDNN (PyTorch's CPU convolution backend) runs them at 8-18 GFLOP/s against ~130-160 GFLOP/s for
+the generators' other layers: on the project's 2-core reference machine they took ~45 ms of the
+~130 ms forward + backward of a 16-image generator batch (``torch.profiler``), ~80 ms of the
+~550 ms fp32 step. oneDNN is fast in one case only: one input channel, forward (and its weight
+gradient). Everything else (the one-output-channel convolution and its gradients, and the input
+gradient of the one-input-channel convolution, which is a one-output-channel convolution too) is
+run here as a **space-to-depth convolution**, which oneDNN handles well:
+
+``y = conv2d(x, w)`` with ``w [O, C, k, k]`` equals ``pixel_shuffle(conv2d(pixel_unshuffle(x, s), W), s)``
+where ``W [O*s*s, C*s*s, P, P]`` (``P = ceil((k + s - 1) / s)``) places tap ``(u, v)`` of ``w`` at
+output phase ``(a, b)``, input phase ``(alpha, beta)`` and offset ``(p, q)`` when
+``u = s*p + alpha - a`` and ``v = s*q + beta - b``. With ``s = 4`` a 16 -> 1 7x7 convolution becomes
+a 256 -> 16 3x3 one on a 16x smaller grid: 3x the FLOPs, but 2.2-2.3x faster (forward + backward,
+measured on [8 | 16, 16, 70, 70] inputs). ``W`` is ``w`` times a fixed one-hot matrix, so autograd
+gives the weight gradient. Kernels under 5x5 do not gain (the PatchGAN's 4x4 head and the U-Nets'
+1x1 heads stay as they are).
+
+:class:`SingleChannelConv2d` is a drop-in :class:`torch.nn.Conv2d` (same parameters and state-dict
+keys). The faster path is taken only where it was measured to help: CPU, float32 without autocast,
+stride 1, no dilation or groups, zero padding, a kernel of at least 5x5, while gradients are being
+recorded (and, for one input channel, only when the input needs its gradient). Everything else
+(CUDA, bf16 autocast, inference) is plain ``nn.Conv2d``. Results equal ``F.conv2d`` to float32
+rounding (tested: values and all gradients).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: space-to-depth factor (4: a 7x7 kernel becomes 3x3 on a 4x coarser grid, 16 output phases)
+S2D_FACTOR = 4
+#: the smallest kernel side for which the faster path is used
+MIN_KERNEL = 5
+_enabled = True
+
+
+@contextlib.contextmanager
+def fast_path_disabled() -> Iterator[None]:
+    """Run every :class:`SingleChannelConv2d` as plain ``nn.Conv2d`` inside the block.
+
+    For A/B timing, and for counting a model's FLOPs: the space-to-depth convolutions do ~3x the
+    arithmetic of the convolution they replace, so a FLOP counter must see the plain one
+    (``benchmarks/bench_train_step.py`` does this).
+    """
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+@functools.lru_cache(maxsize=16)
+def _phase_matrix(kh: int, kw: int, s: int) -> tuple[torch.Tensor, int, int]:
+    """One-hot ``[kh*kw, s*s*s*s*P*Q]`` map from kernel taps to the space-to-depth kernel, and P, Q."""
+    p_n, q_n = (kh + s - 2) // s + 1, (kw + s - 2) // s + 1
+    m = torch.zeros(kh * kw, s, s, s, s, p_n, q_n)
+    for a in range(s):
+        for al in range(s):
+            for p in range(p_n):
+                u = s * p + al - a
+                if not 0 <= u < kh:
+                    continue
+                for b in range(s):
+                    for be in range(s):
+                        for q in range(q_n):
+                            v = s * q + be - b
+                            if 0 <= v < kw:
+                                m[u * kw + v, a, b, al, be, p, q] = 1.0
+    return m.reshape(kh * kw, -1), p_n, q_n
+
+
+def space_to_depth_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                          factor: int = S2D_FACTOR) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` (valid, stride 1) computed as a convolution on ``pixel_unshuffle(x, factor)``.
+
+    Same result to float32 rounding and differentiable in all arguments; faster on CPU where the
+    direct convolution has one output channel and a large kernel (module docstring).
+    """
+    _, c, h, wd = x.shape
+    o, c_w, kh, kw = weight.shape
+    if c_w != c:
+        raise ValueError(f"weight {tuple(weight.shape)} does not match input channels {c}")
+    s = int(factor)
+    m, p_n, q_n = _phase_matrix(kh, kw, s)
+    ho, wo = h - kh + 1, wd - kw + 1
+    hi, wi = -(-ho // s) + p_n - 1, -(-wo // s) + q_n - 1  # coarse input grid
+    xs = F.pixel_unshuffle(F.pad(x, (0, s * wi - wd, 0, s * hi - h)), s)  # [n, c*s*s, hi, wi]
+    big = (weight.reshape(o * c, kh * kw) @ m.to(weight)).view(o, c, s * s, s * s, p_n, q_n)
+    big = big.transpose(1, 2).reshape(o * s * s, c * s * s, p_n, q_n)
+    b = bias.repeat_interleave(s * s) if bias is not None else None
+    return F.pixel_shuffle(F.conv2d(xs, big, b), s)[:, :, :ho, :wo]
+
+
+def _input_grad(gy: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    """Input gradient of ``conv2d(x, weight, padding=padding)``: the valid convolution of ``gy``
+    zero-padded by k-1 with the flipped, transposed kernel (one output channel when x has one)."""
+    kh, kw = weight.shape[-2:]
+    g = space_to_depth_conv2d(F.pad(gy, (kw - 1, kw - 1, kh - 1, kh - 1)), weight.flip(2, 3).transpose(0, 1))
+    ph, pw = padding
+    return g[:, :, ph: g.shape[2] - ph, pw: g.shape[3] - pw] if (ph or pw) else g
+
+
+class _OneInputChannelConv(torch.autograd.Function):
+    """oneDNN forward and weight gradient; input gradient as a space-to-depth convolution."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                padding: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.padding, ctx.has_bias = padding, b is not None
+        return F.conv2d(x, w, b, padding=padding)
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w = ctx.saved_tensors
+        gy = gy.contiguous()
+        gw = gb = gx = None
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                gy, x, w, [w.shape[0]] if ctx.has_bias else None, [1, 1], list(ctx.padding), [1, 1],
+                False, [0, 0], 1, [False, bool(ctx.needs_input_grad[1]), bool(ctx.has_bias and ctx.needs_input_grad[2])],
+            )
+        if ctx.needs_input_grad[0]:
+            gx = _input_grad(gy, w, ctx.padding)
+        return gx, gw, gb, None
+
+
+class SingleChannelConv2d(nn.Conv2d):
+    """:class:`torch.nn.Conv2d` with one input or one output channel, faster to train on CPU.
+
+    Same constructor, parameters and state-dict keys as ``nn.Conv2d``; see the module docstring
+    for when the faster path is taken (otherwise this is ``nn.Conv2d.forward``).
+
+    Raises:
+        ValueError: neither ``in_channels`` nor ``out_channels`` is 1.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *args: Any, **kwargs: Any) -> None:
+        if in_channels != 1 and out_channels != 1:
+            raise ValueError(
+                f"SingleChannelConv2d needs in_channels == 1 or out_channels == 1, got {in_channels} -> "
+                f"{out_channels}; use nn.Conv2d"
+            )
+        super().__init__(in_channels, out_channels, *args, **kwargs)
+        self._fast_ok = (
+            tuple(self.stride) == (1, 1) and tuple(self.dilation) == (1, 1) and self.groups == 1
+            and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+            and min(self.kernel_size) >= MIN_KERNEL
+        )
+
+    def _use_fast_path(self, x: torch.Tensor) -> bool:
+        return (
+            _enabled and self._fast_ok and x.ndim == 4 and x.device.type == "cpu" and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32 and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and (x.requires_grad if self.out_channels != 1 else (x.requires_grad or self.weight.requires_grad))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._use_fast_path(x):
+            return super().forward(x)
+        pad = (int(self.padding[0]), int(self.padding[1]))
+        if self.out_channels == 1:
+            xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0])) if any(pad) else x
+            return space_to_depth_conv2d(xp, self.weight, self.bias)
+        return _OneInputChannelConv.apply(x, self.weight, self.bias, pad)
