@@ -234,7 +234,7 @@ def test_discriminator_norm_placement() -> None:
     d = PatchDiscriminator(base_width=4, norm="instance")
     kinds = [type(m).__name__ for m in d.model]
     assert kinds[:2] == ["Conv2d", "LeakyReLU"]  # no norm after the first layer
-    assert kinds[-1] == "Conv2d" and kinds.count("InstanceNorm2d") == 3
+    assert kinds[-1] == "Conv2d" and kinds.count("InstanceNorm") == 3
     with pytest.raises(ConfigError, match="did you mean 'batch'"):
         PatchDiscriminator(norm="batchh")
 
@@ -387,3 +387,14 @@ def test_cyclegan_outputs_do_not_depend_on_the_batch() -> None:
         torch.testing.assert_close(together, torch.cat([net(a), net(b)]), rtol=1e-4, atol=1e-5)
     bn = ResnetGenerator(1, 1, 8, 2, norm="batch").train()  # batch norm would break the shortcut
     assert not torch.allclose(bn(torch.cat([a, b]))[:3], bn(a), atol=1e-3)
+
+
+def test_instance_norm_equals_torch_instance_norm() -> None:
+    from cmedl.nets.cyclegan import InstanceNorm
+
+    x = torch.randn(3, 5, 9, 7, requires_grad=True) * 3 + 1
+    g = torch.randn(3, 5, 9, 7)
+    ours, ref = InstanceNorm(5)(x), torch.nn.InstanceNorm2d(5, affine=False, track_running_stats=False)(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=1e-4, atol=1e-5)
+    assert InstanceNorm(5).state_dict() == {}

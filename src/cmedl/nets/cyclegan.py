@@ -31,10 +31,24 @@ from cmedl.nets.fastconv import SingleChannelConv2d
 NormKind = Literal["instance", "batch"]
 
 
+class InstanceNorm(nn.GroupNorm):
+    """Instance norm without affine parameters or running statistics, as in CycleGAN.
+
+    Computed as a group norm with one channel per group, which normalises every (image, channel)
+    over its pixels, the same numbers as ``nn.InstanceNorm2d(affine=False)`` (tested), and has no
+    parameters or buffers either (same state dict). PyTorch's ``instance_norm`` runs as batch norm
+    on a ``[1, N*C, H, W]`` view and was 3-4x slower forward + backward on CPU than the group-norm
+    kernel (e.g. 2.65 vs 0.65 ms on ``[16, 16, 64, 64]``, 2 cores), about 25 ms of a cpu-demo step.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(channels, channels, eps=eps, affine=False)
+
+
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """Instance norm (no affine, no running stats, as in CycleGAN) or batch norm."""
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return InstanceNorm(channels)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     raise ConfigError(did_you_mean(str(kind), ("instance", "batch"), "norm"))
@@ -47,7 +61,7 @@ def init_gan_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)
 
