@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     import concurrent.futures
     import multiprocessing
 
+    from cmedl.devices import keep_freed_host_memory
+
+    keep_freed_host_memory()  # as `cmedl segment` does on CPU
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}"
