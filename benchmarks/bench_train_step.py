@@ -1,9 +1,12 @@
 """Benchmark of one full CMEDL training step (shared forward, G, S and D updates).
 
-Prints, for each size: seconds per iteration, FLOPs of one step (counted with
+Prints, for each size: seconds per iteration (median), FLOPs of one step (counted with
 ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matmuls, forward and backward),
 achieved GFLOP/s, and that as a fraction of this machine's fp32 matmul peak measured in the same
-run (best of a few large ``torch.mm``). Sizes:
+run (best of a few large ``torch.mm``). On CPU it also pairs every timed step with a peak measured
+right after it and prints the median and best of those per-step fractions: on a shared host the load
+changes within seconds, and a step slowed by another process compared with a peak measured while the
+host was quiet understates the code's efficiency. Sizes:
 
 - ``demo``: the ``cpu-demo`` preset (64x64 patches, batch 8, every network at width 16);
 - ``128``:  ``paper-ct`` at 128x128 patches (full widths: U-Net 64, generator 64 with 9 blocks,
@@ -70,22 +73,29 @@ def bench(size: str, method_name: str, precision: str, channels_last: str, iters
     with FlopCounterMode(display=False) as fc, fast_path_disabled():
         m.training_step(batch)
     flops = fc.get_total_flops()
-    times = []
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times, pair_fractions, faults = [], [], 0
     for _ in range(iters):
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         sync(device)
         t = time.perf_counter()
         with fast_path_disabled() if no_fast_conv else contextlib.nullcontext():
             m.training_step(batch)  # returns Python floats: the step has finished on the device
         sync(device)
         times.append(time.perf_counter() - t)
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+        if device == "cpu":
+            # a shared host's load changes within seconds: pair every step with a peak measured right
+            # after it, under the same conditions (one 3072^3 product, ~0.3 s)
+            pair_fractions.append(flops / times[-1] / 1e9 / matmul_peak(reps=1))
     s = statistics.median(times)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / iters
-    # re-measure the peak right after: on a shared machine the load changes, and the fraction is only
-    # meaningful against a peak measured under the same conditions (the best one seen is used)
+    faults /= iters
+    # re-measure the peak right after as well (the best one seen is used for the headline fraction)
     peak = max(peak, matmul_peak(reps=2, device=device))
     gfs = flops / s / 1e9
-    extra = f"  {faults:7.0f} page faults/iter" if device == "cpu" else ""
+    extra = ""
+    if device == "cpu":
+        extra = (f"  (paired with the peak after each step: median {statistics.median(pair_fractions):.1%}, "
+                 f"best {max(pair_fractions):.1%}; fastest step {min(times):.3f} s)  {faults:5.0f} page faults/iter")
     if device.startswith("cuda"):
         extra = f"  {gfs / bf16_peak:6.1%} of bf16 peak  {torch.cuda.max_memory_allocated() / 2**30:5.2f} GiB"
     print(f"{size:>5} {method_name:8} {precision:5} cl={channels_last} batch {b} {p}x{p}: "
