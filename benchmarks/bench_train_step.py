@@ -106,7 +106,7 @@ def bench(size: str, method_name: str, precision: str, channels_last: str, iters
         from torch.profiler import profile as prof
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-        with prof(activities=acts) as pr:
+        with prof(activities=acts) as pr, fast_path_disabled() if no_fast_conv else contextlib.nullcontext():
             m.training_step(batch)
         key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
         print(pr.key_averages().table(sort_by=key, row_limit=14))

@@ -97,3 +97,17 @@ def test_generator_is_the_same_with_and_without_the_fast_path() -> None:
     for a, b in zip(plain, fast, strict=True):
         # atol: biases before instance norm get ~0 gradients, pure rounding either way
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, float(a.abs().max())))
+
+
+def test_phase_matrix_cache_survives_inference_mode() -> None:
+    from cmedl.nets import fastconv
+
+    fastconv._phase_matrix.cache_clear()
+    w = torch.randn(1, 3, 6, 6)
+    with torch.inference_mode():
+        space_to_depth_conv2d(torch.randn(1, 3, 10, 10), w)  # first use, cached here
+    x = torch.randn(2, 3, 13, 11, requires_grad=True)
+    y = space_to_depth_conv2d(x, w.requires_grad_())
+    assert y.is_contiguous() and y.shape == (2, 1, 8, 6)
+    y.sum().backward()  # no "inference tensors cannot be saved for backward"
+    assert x.grad is not None and w.grad is not None

@@ -329,4 +329,36 @@ def test_channels_last_auto_gives_the_same_step_as_contiguous() -> None:
 def test_channels_last_rejects_unknown_values() -> None:
     with pytest.raises(ConfigError, match="training.channels_last"):
         tiny_config("training.channels_last=sometimes")
+    assert tiny_config("training.channels_last=yes").training.channels_last is True
+    cfg = tiny_config()
+    cfg.training.channels_last = "true"  # a string set in code, not parsed from YAML/CLI
+    with pytest.raises(ConfigError, match="expected true, false or auto"):
+        cfg.validate()
     assert tiny_config().training.channels_last == "auto"
+
+
+def test_resume_into_another_memory_layout_keeps_the_adam_moments() -> None:
+    # a checkpoint from a contiguous run loaded into channels_last networks: the Adam moments must follow
+    # the parameters' layout (the fused CPU kernel reads parameter, gradient and moments as flat memory)
+    torch.manual_seed(0)
+    a = build_method(tiny_config("training.channels_last=false"), "cpu")
+    for i in range(2):
+        a.training_step(make_batch(40 + i))
+    state = copy.deepcopy(a.state_dict())
+    students = {}
+    for setting in ("false", "auto"):
+        b = build_method(tiny_config(f"training.channels_last={setting}"), "cpu")
+        b.load_state_dict(copy.deepcopy(state))
+        opt = b.optimizers["s"]
+        for p, st in opt.state.items():
+            assert st["exp_avg"].stride() == p.stride() and st["exp_avg_sq"].stride() == p.stride()
+        for p in b.networks["student_ct"].parameters():  # same logical gradient in each layout
+            p.grad = torch.linspace(-1, 1, p.numel()).reshape(p.shape).contiguous(
+                memory_format=torch.channels_last if p.ndim == 4 and setting == "auto" else torch.contiguous_format)
+        for p in b.networks["teacher_mr"].parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        students[setting] = [p.detach().clone() for p in b.networks["student_ct"].parameters()]
+    assert any(p.ndim == 4 and not p.is_contiguous() for p in build_method(tiny_config(), "cpu").student.parameters())
+    for x, y in zip(students["false"], students["auto"], strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-6, atol=1e-7)

@@ -398,3 +398,5 @@ def test_instance_norm_equals_torch_instance_norm() -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=1e-4, atol=1e-5)
     assert InstanceNorm(5).state_dict() == {}
+    unbatched = InstanceNorm(5)(x[0])
+    torch.testing.assert_close(unbatched, ref[0], rtol=1e-5, atol=1e-5)

@@ -48,6 +48,18 @@ def parameters_of(nets: Iterable[nn.Module]) -> list[nn.Parameter]:
 AUTO_CHANNELS_LAST = ("student_ct", "teacher_mr")
 
 
+def _match_state_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam moments) its parameter's strides.
+
+    A checkpoint written with another ``training.channels_last`` holds moments in the other layout;
+    the fused Adam kernel walks parameter, gradient and moments as flat memory and would silently
+    mix up elements (checked), while the for-loop implementation is layout-agnostic."""
+    for p, st in opt.state.items():
+        for key, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 class Method(abc.ABC):
     """A training method; subclasses fill :attr:`networks` and :attr:`optimizers` in ``__init__``."""
 
@@ -177,6 +189,14 @@ class Method(abc.ABC):
             "method_state": {"global_step": self.global_step, **self.extra_state()},
         }
 
+    def adam(self, params: Iterable[nn.Parameter], lr: float, betas: Iterable[float]) -> torch.optim.Adam:
+        """Adam with ``optim.weight_decay``. On CPU the fused kernel (one pass over every tensor: 2.6 vs
+        8.2 ms for the ~2.3 M parameters of a cpu-demo CMEDL, ~1 % of its step); elsewhere PyTorch's
+        default implementation. The fused kernel needs each state tensor in its parameter's memory
+        layout, which :meth:`load_state_dict` ensures."""
+        return torch.optim.Adam(list(params), lr=lr, betas=tuple(betas), weight_decay=self.config.optim.weight_decay,
+                                fused=True if self.device.type == "cpu" else None)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore networks, optimisers (if present) and extras; missing networks are an error."""
         missing = sorted(set(self.networks) - set(state.get("networks", {})))
@@ -189,6 +209,7 @@ class Method(abc.ABC):
         for k, opt in self.optimizers.items():
             if k in state.get("optimizers", {}):
                 opt.load_state_dict(state["optimizers"][k])
+                _match_state_layouts(opt)
         extra = dict(state.get("method_state", {}))
         self.global_step = int(extra.pop("global_step", 0))
         self.load_extra_state(extra)

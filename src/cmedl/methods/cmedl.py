@@ -88,8 +88,7 @@ class CMEDL(Method):
             ).to(self.device)
 
         def adam(nets: list[str], lr: float, betas: list[float]) -> torch.optim.Optimizer:
-            params = parameters_of(self.networks[n] for n in nets)
-            return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=o.weight_decay)
+            return self.adam(parameters_of(self.networks[n] for n in nets), lr, betas)
 
         self.optimizers["g"] = adam(["g_ct2mr", "g_mr2ct"], o.lr_translation, o.betas_translation)
         self.optimizers["d"] = adam(["d_ct", "d_mr"], o.lr_translation, o.betas_translation)

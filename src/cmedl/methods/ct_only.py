@@ -36,10 +36,7 @@ class CTOnly(Method):
         self.networks["student_ct"] = build_student_net(config)
         self._finish_networks()
         o = config.optim
-        self.optimizers["s"] = torch.optim.Adam(
-            self.student.parameters(), lr=o.lr_segmentation, betas=tuple(o.betas_segmentation),
-            weight_decay=o.weight_decay,
-        )
+        self.optimizers["s"] = self.adam(self.student.parameters(), o.lr_segmentation, o.betas_segmentation)
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, float]:
         image = self.to_device(batch["image"])

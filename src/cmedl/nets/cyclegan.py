@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmedl.errors import ConfigError, did_you_mean
@@ -31,18 +32,31 @@ from cmedl.nets.fastconv import SingleChannelConv2d
 NormKind = Literal["instance", "batch"]
 
 
-class InstanceNorm(nn.GroupNorm):
+class InstanceNorm(nn.Module):
     """Instance norm without affine parameters or running statistics, as in CycleGAN.
 
-    Computed as a group norm with one channel per group, which normalises every (image, channel)
-    over its pixels, the same numbers as ``nn.InstanceNorm2d(affine=False)`` (tested), and has no
-    parameters or buffers either (same state dict). PyTorch's ``instance_norm`` runs as batch norm
-    on a ``[1, N*C, H, W]`` view and was 3-4x slower forward + backward on CPU than the group-norm
-    kernel (e.g. 2.65 vs 0.65 ms on ``[16, 16, 64, 64]``, 2 cores), about 25 ms of a cpu-demo step.
+    On CPU it is computed as a group norm with one channel per group, which normalises every
+    (image, channel) over its pixels: the same numbers as ``nn.InstanceNorm2d(affine=False)``
+    (tested). PyTorch's ``instance_norm`` runs as batch norm on a ``[1, N*C, H, W]`` view and was
+    3-4x slower forward + backward on CPU than the group-norm kernel (e.g. 2.65 vs 0.65 ms on
+    ``[16, 16, 64, 64]``, 2 cores), about 25 ms of a cpu-demo step. Elsewhere (CUDA, where
+    ``group_norm`` would also run in fp32 under bf16 autocast) it is ``F.instance_norm``. No
+    parameters or buffers, so the state dict is that of ``nn.InstanceNorm2d(affine=False)``.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__(channels, channels, eps=eps, affine=False)
+        super().__init__()
+        self.num_channels, self.eps = int(channels), float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:  # unbatched [C, H, W]
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.device.type == "cpu":
+            return F.group_norm(x, x.shape[1], eps=self.eps)
+        return F.instance_norm(x, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}"
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
@@ -61,7 +75,7 @@ def init_gan_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and m.weight is not None:
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)
 

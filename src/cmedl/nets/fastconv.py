@@ -62,11 +62,26 @@ def fast_path_disabled() -> Iterator[None]:
         _enabled = before
 
 
+def _autocast_on_cpu() -> bool:
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # torch < 2.4 has no device argument
+        return bool(torch.is_autocast_cpu_enabled())
+
+
 @functools.lru_cache(maxsize=16)
 def _phase_matrix(kh: int, kw: int, s: int) -> tuple[torch.Tensor, int, int]:
-    """One-hot ``[kh*kw, s*s*s*s*P*Q]`` map from kernel taps to the space-to-depth kernel, and P, Q."""
+    """One-hot ``[kh*kw, s*s*s*s*P*Q]`` map from kernel taps to the space-to-depth kernel, and P, Q.
+
+    Cached: built as a plain float32 CPU tensor whatever the caller's context (an inference-mode
+    tensor in the cache would break later training calls)."""
     p_n, q_n = (kh + s - 2) // s + 1, (kw + s - 2) // s + 1
-    m = torch.zeros(kh * kw, s, s, s, s, p_n, q_n)
+    with torch.inference_mode(False):
+        return _fill_phase_matrix(kh, kw, s, p_n, q_n), p_n, q_n
+
+
+def _fill_phase_matrix(kh: int, kw: int, s: int, p_n: int, q_n: int) -> torch.Tensor:
+    m = torch.zeros(kh * kw, s, s, s, s, p_n, q_n, dtype=torch.float32, device="cpu")
     for a in range(s):
         for al in range(s):
             for p in range(p_n):
@@ -79,7 +94,7 @@ def _phase_matrix(kh: int, kw: int, s: int) -> tuple[torch.Tensor, int, int]:
                             v = s * q + be - b
                             if 0 <= v < kw:
                                 m[u * kw + v, a, b, al, be, p, q] = 1.0
-    return m.reshape(kh * kw, -1), p_n, q_n
+    return m.reshape(kh * kw, -1)
 
 
 def space_to_depth_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -108,7 +123,7 @@ def space_to_depth_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     y = F.conv2d(xs, big, b)  # [n, o*s*s, hc, wc]
     hc, wc = y.shape[-2:]
     y = y.view(n, o, s, s, hc, wc).permute(0, 1, 4, 2, 5, 3).reshape(n, o, hc * s, wc * s)  # pixel_shuffle
-    return y[:, :, :ho, :wo] if (hc * s, wc * s) != (ho, wo) else y
+    return y[:, :, :ho, :wo].contiguous() if (hc * s, wc * s) != (ho, wo) else y
 
 
 def _input_grad(gy: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
@@ -171,7 +186,7 @@ class SingleChannelConv2d(nn.Conv2d):
         return (
             _enabled and self._fast_ok and x.ndim == 4 and x.device.type == "cpu" and x.dtype == torch.float32
             and self.weight.dtype == torch.float32 and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
+            and not _autocast_on_cpu()
             and (x.requires_grad if self.out_channels != 1 else (x.requires_grad or self.weight.requires_grad))
         )
 

@@ -241,8 +241,9 @@ class TrainConfig:
         choice("loss.dice_reduction", self.loss.dice_reduction, ("batch", "sample"))
         choice("training.device", self.training.device, DEVICES)
         choice("training.precision", self.training.precision, PRECISIONS)
-        if isinstance(self.training.channels_last, str):
-            choice("training.channels_last", self.training.channels_last, ("auto", "true", "false"))
+        cl = self.training.channels_last
+        if not isinstance(cl, bool) and cl != "auto":
+            raise ConfigError(f"training.channels_last: expected true, false or auto, got {cl!r}", source)
         choice("training.validation", self.training.validation, VALIDATION_MODES)
         choice("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
         if not 0.0 <= self.optim.lr_decay_start < 1.0:

@@ -86,7 +86,7 @@ class TrainResult:
 #: settings that may differ between a run and its resumption (they do not change the steps taken)
 RESUMABLE_CHANGES = ("training.max_epochs", "training.patience", "training.min_delta", "training.device",
                      "training.progress", "training.log_every", "training.image_grid", "data.num_workers",
-                     "data.cache_dir")
+                     "data.cache_dir", "training.channels_last")
 
 
 # ------------------------------------------------------------------------------------ helpers
