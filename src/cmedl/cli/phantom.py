@@ -26,22 +26,15 @@ def _triple(text: str | None, what: str, cast: type) -> tuple | None:
     return vals
 
 
-def _pair(text: str, what: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"--{what}: expected two numbers LO,HI, got {text!r}") from None
-    return lo, hi
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
+def _floats(text: str, n: int, error: str) -> tuple[float, ...]:
+    """Parse ``n`` comma-separated numbers; ``error`` is the one-line message otherwise."""
     try:
         vals = tuple(float(p) for p in text.split(","))
     except ValueError:
         vals = ()
-    if len(vals) != 3:
-        raise InputError(f"--fractions must be three numbers train,val,test, got '{text}'")
-    return vals  # type: ignore[return-value]
+    if len(vals) != n:
+        raise InputError(error)
+    return vals
 
 
 @data_app.command("phantom")
@@ -109,11 +102,13 @@ def phantom(
         shape=(nz, ny, nx),
         spacing=_triple(spacing, "spacing", float),
         mr_spacing=_triple(mr_spacing, "mr-spacing", float),
-        fractions=_fractions(fractions),
+        fractions=_floats(fractions, 3, f"--fractions must be three numbers train,val,test, got '{fractions}'"),
         mr_labels=mr_labels,
         workers=workers,
         overwrite=overwrite,
         progress=True,
-        ct_tumour_contrast_hu=_pair(ct_tumour_contrast, "ct-tumour-contrast"),
+        ct_tumour_contrast_hu=_floats(
+            ct_tumour_contrast, 2, f"--ct-tumour-contrast: expected two numbers LO,HI, got {ct_tumour_contrast!r}"
+        ),
     )
     console.print(f"wrote {ct + cbct + mr} cases and {path}")

@@ -27,7 +27,7 @@ from typing import Any, Union
 
 import yaml
 
-from cmedl.devices import PRECISIONS
+from cmedl.devices import DEVICES, PRECISIONS
 from cmedl.errors import ConfigError, did_you_mean
 
 #: Folder holding the YAML presets shipped with the package.
@@ -40,7 +40,6 @@ SEGMENTATION_ARCHS = ("unet", "densefcn57", "mrrn", "unet3d")
 STUDENT_MODALITIES = ("ct", "cbct")
 HINT_LAYERS = ("high", "mid", "low")
 GAN_MODES = ("lsgan", "bce")
-DEVICES = ("auto", "cpu", "cuda")
 #: ``volumes``: the student segments every validation volume whole (as at test time), so false
 #: positives anywhere in the scan count; ``patches``: the fixed validation patches only (faster)
 VALIDATION_MODES = ("volumes", "patches")
