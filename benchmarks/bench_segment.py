@@ -8,7 +8,7 @@ Prints, in one run on this machine:
   multiply-add = 2 FLOPs) times the number of slices: the compute floor of the pixels actually
   processed (the preprocessing crops each slice to the body box), and of whole 512x512 slices;
 - a sweep of memory format (contiguous / channels_last) x batch size, fp32 and bf16, on a few
-  slices of the working size, timing :func:`cmedl.inference.segment.predict_slices`;
+  slices of the working size, timing :func:`cmedl.nets.predict.predict_slices`;
 - full-volume :func:`cmedl.inference.segment_volume` runs with the library defaults (fp32, then
   bf16 autocast): seconds per volume, achieved GFLOP/s, fraction of the fp32 peak (= compute floor
   / time), and the peak RSS of the process (``resource.getrusage``; target <= 3 GB).
@@ -32,9 +32,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from _common import matmul_peak as _peak
 
 from cmedl.data.preprocess import PreprocessConfig, prepare_volume
-from cmedl.inference.segment import inference_copy, predict_slices, segment_volume
+from cmedl.inference.segment import segment_volume
 from cmedl.io import Volume
 from cmedl.nets import UNet2D
+from cmedl.nets.predict import inference_copy, predict_slices
 
 
 def synthetic_ct(slices: int, size: int = 512, seed: int = 0) -> Volume:

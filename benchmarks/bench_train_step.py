@@ -37,9 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from _common import matmul_peak, sync
 
 from cmedl.devices import keep_freed_host_memory
-from cmedl.methods import build_method
+from cmedl.methods import build_method, load_config
 from cmedl.nets.fastconv import fast_path_disabled
-from cmedl.training.config import load_config
 
 
 def make_batch(method_name: str, b: int, p: int, seed: int = 0) -> dict[str, torch.Tensor]:

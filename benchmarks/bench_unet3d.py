@@ -2,7 +2,7 @@
 
 Prints, for the paper setting (width 32, 32x128x128 patches, batch 2) and the small CPU setting
 (width 8, 16x64x64, batch 2): parameters, forward+backward time per batch and voxels/s; then the
-whole-volume sliding-window inference time (``cmedl.inference.segment.predict_volume_3d``: 25 %
+whole-volume sliding-window inference time (``cmedl.nets.predict.predict_volume_3d``: 25 %
 overlap, Gaussian blending, BN folded) of a 64x256x256 working volume. Median of ``--repeats``
 after one warm-up. Run: ``python benchmarks/bench_unet3d.py [--threads 1] [--repeats 2] [--quick]``.
 """
@@ -17,8 +17,8 @@ import torch
 
 from _common import median_time
 
-from cmedl.inference.segment import predict_volume_3d
 from cmedl.nets import build_segmentation_net, count_parameters
+from cmedl.nets.predict import predict_volume_3d
 
 
 def main() -> None:

@@ -22,8 +22,11 @@ from cmedl.nets import (
     check_hint_compatible,
 )
 from cmedl.training.checkpoint import load_checkpoint
-from cmedl.training.config import SEGMENTATION_ARCHS, TrainConfig, load_config
-from cmedl.training.trainer import _collate, build_data
+from torch.utils.data import default_collate
+
+from cmedl.config import TrainConfig
+from cmedl.methods import get_method, load_config, parse_config
+from cmedl.training.data import build_training_data
 
 P = 32  # 2D patch side (pixels)
 P3 = [16, 16, 16]  # 3D patch (z, y, x) voxels (small: the phantom tumours are ~100 voxels)
@@ -31,10 +34,10 @@ SHAPE = (16, 48, 48)  # phantom volumes (z, y, x)
 
 #: tiny networks (seg width 4 = U-Net/MRRN first level, DenseFCN57 growth rate), cheap contextual layer
 TINY = [
-    "model.seg_base_width=4", "model.gen_base_width=4", "model.gen_n_blocks=1", "model.disc_base_width=4",
-    "model.disc_n_layers=2", f"data.patch_size={P}", "training.batch_size=2", "data.samples_per_epoch=16",
-    "data.val_samples=2", "loss.contextual_layers=[conv1_2]", "loss.contextual_max_positions=64",
-    "training.device=cpu", "training.precision=fp32", "training.progress=false", "optim.lr_segmentation=3e-3", "data.augment=false",
+    "model.seg_base_width=4", "cyclegan.gen_base_width=4", "cyclegan.gen_n_blocks=1", "cyclegan.disc_base_width=4",
+    "cyclegan.disc_n_layers=2", f"data.patch_size={P}", "training.batch_size=2", "data.samples_per_epoch=16",
+    "data.val_samples=2", "cyclegan.contextual_layers=[conv1_2]", "cyclegan.contextual_max_positions=64",
+    "training.device=cpu", "training.precision=fp32", "training.progress=false", "optim.lr_segmentation=3e-3", "augmentation.enabled=false",
     "data.tumour_fraction=1.0",
 ]
 TINY_3D = [
@@ -59,11 +62,11 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fixed_batch(config: TrainConfig, manifest: Path, unpaired: bool, dims: int = 2) -> dict:
     """Two training samples of the trainer's own datasets (tumour-centred patches): the two with the
     most tumour among the first 16 (the 48x48 phantom's tumours are small)."""
-    data = build_data(config, Manifest.load(manifest), None, unpaired, False, dims=dims)
+    data = build_training_data(config, get_method(config.training.method).batch_kind, manifest)
     items = [data.train[i] for i in range(min(16, len(data.train)))]
     key = "ct_label" if unpaired else "label"
     items.sort(key=lambda it: -float(it[key].sum()))
-    return _collate(items[:2])
+    return default_collate(items[:2])
 
 
 def train_steps(method, batch: dict, key: str, n: int = 10) -> list[float]:
@@ -72,10 +75,6 @@ def train_steps(method, batch: dict, key: str, n: int = 10) -> list[float]:
 
 
 # ------------------------------------------------------------------------------ names and widths
-def test_config_arch_names_match_registry() -> None:
-    assert tuple(SEGMENTATION_ARCHS) == tuple(SEGMENTATION_NETS)
-
-
 def test_unknown_arch_and_method_arch_mismatch_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="did you mean 'densefcn57'"):
         load_config("cpu-demo", ["model.arch=densefcn"])
@@ -92,7 +91,7 @@ def test_seg_base_width_per_arch_mapping(tmp_path: Path) -> None:
     # an architecture missing from the mapping gets its paper width; a plain int still works
     assert load_config("cpu-demo", ["model.seg_base_width={unet: 16}", "model.arch=mrrn"]).model.seg_base_width is None
     cfg = load_config("cpu-demo", [widths, "model.arch=densefcn57"])
-    assert TrainConfig.from_dict(cfg.to_dict()).model.seg_base_width == 12  # resolved: round-trips as an int
+    assert parse_config(cfg.to_dict()).model.seg_base_width == 12  # resolved: round-trips as an int
     assert build_method(load_config("cpu-demo", [*TINY, widths, "model.arch=densefcn57", "training.method=ct-only"])
                         ).student.base_width == 12
     with pytest.raises(ConfigError, match="unknown architecture 'unet2d'"):
@@ -129,7 +128,7 @@ def test_each_2d_network_trains_in_each_method(phantom: Path, arch: str, method_
 
 @pytest.mark.parametrize("hint", ["high", "mid", "low"])
 def test_each_hint_layer_option_trains_in_cmedl(phantom: Path, hint: str) -> None:
-    cfg = load_config("cpu-demo", [*TINY, f"model.hint_layers={hint}", "training.method=cmedl"])
+    cfg = load_config("cpu-demo", [*TINY, f"cmedl.hint_layers={hint}", "training.method=cmedl"])
     torch.manual_seed(0)
     method = build_method(cfg, "cpu")
     shapes = method.student.hint_shapes((1, 1, P, P))
@@ -149,7 +148,7 @@ def test_3d_patches_are_deterministic_tumour_centred_and_flip_consistently(phant
     from cmedl.data.datasets3d import PatchDataset3D
 
     cfg = load_config("paper-cbct-unet3d", TINY_3D)
-    data = build_data(cfg, Manifest.load(phantom), None, False, False, dims=3)
+    data = build_training_data(cfg, get_method(cfg.training.method).batch_kind, phantom)
     train = data.train
     assert isinstance(train, PatchDataset3D) and len(train) == 4 and len(data.val) == 2
     item = train[1]

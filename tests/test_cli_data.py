@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from typer.testing import CliRunner
 
 from cmedl.cli import app
 from cmedl.data.manifest import Case, Manifest
-from cmedl.io import Volume, read_volume
+from cmedl.io import Volume, read_volume, write_volume
 from cmedl.io.dicom import read_dicom_series, write_dicom_series
 from cmedl.io.rtstruct import write_rtstruct
 
@@ -188,8 +190,6 @@ def test_info_on_every_kind_of_path(tmp_path, dicom_case):
         and "empty (0 contours)" in res.stdout
     )
     nii = tmp_path / "axial.nii.gz"
-    from cmedl.io import write_volume
-
     write_volume(Volume(np.arange(60, dtype=np.float32).reshape(3, 4, 5)), nii)
     res = _run("data", "info", nii)
     assert res.exit_code == 0 and "orientation: LPS" in res.stdout and "p50=29.5" in res.stdout
@@ -292,9 +292,6 @@ def test_single_roi_needs_no_name_and_failed_import_keeps_dataset(tmp_path, dico
 
 def test_python_dash_m_cmedl_runs_the_cli(tmp_path):
     """``python -m cmedl`` works where the console script is not on PATH (e.g. a remote job)."""
-    import subprocess
-    import sys
-
     res = subprocess.run([sys.executable, "-m", "cmedl", "data", "info", str(tmp_path / "missing.nii.gz")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1

@@ -22,10 +22,9 @@ from typer.testing import CliRunner
 from cmedl.cli import app
 from cmedl.data.manifest import Manifest
 from cmedl.io import read_volume
-from cmedl.methods import build_method, build_student_from_checkpoint
+from cmedl.methods import build_method, build_student_from_checkpoint, load_config
 from cmedl.training.checkpoint import load_checkpoint
-from cmedl.training.config import load_config
-from cmedl.training.trainer import train
+from cmedl.training import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -73,7 +72,7 @@ def test_cmedl_trains_on_cuda_and_the_checkpoint_segments_on_cpu(phantom: Path, 
 
 
 def test_resume_on_cuda_reproduces_the_uninterrupted_run(phantom: Path, tmp_path: Path) -> None:
-    cfg = tiny("training.device=cuda", "training.max_epochs=2", "loss.pool_size=2")
+    cfg = tiny("training.device=cuda", "training.max_epochs=2", "cyclegan.pool_size=2")
     full: list[dict] = []
     train(cfg, phantom, out_dir=tmp_path / "full", step_callback=_record(full))
     part: list[dict] = []
@@ -99,7 +98,7 @@ def test_ct_only_3d_trains_and_validates_on_cuda(phantom: Path, tmp_path: Path) 
 def test_cmedl_step_on_cuda_matches_cpu() -> None:
     """One full CMEDL step (G, S, D updates) from the same weights and batch: the losses on CUDA are
     the CPU's up to TF32/cuDNN rounding, so no CPU-only assumption hides in the method."""
-    cfg = tiny("loss.use_contextual=false")
+    cfg = tiny("cyclegan.use_contextual=false")
     g = torch.Generator().manual_seed(0)
     b, p = 2, cfg.data.patch_size
     batch = {"ct": torch.rand(b, 1, p, p, generator=g) * 2 - 1,

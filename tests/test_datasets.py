@@ -11,13 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cmedl.data.augment import AugmentConfig, Augmenter
-from cmedl.data.datasets import (
-    SliceDataset,
-    UnpairedDataset,
-    VolumeCache,
-    build_slice_datasets,
-    build_unpaired_dataset,
-)
+from cmedl.data.datasets import SliceDataset, UnpairedDataset, VolumeCache
 from cmedl.data.manifest import Case, Manifest
 from cmedl.data.preprocess import PreprocessConfig
 from cmedl.errors import GeometryError, InputError
@@ -116,8 +110,8 @@ def test_cache_rejects_wrong_modality_and_bad_label_grid(cohort, tmp_path):
     bad = Manifest([Case("x", "PX", "ct", "img.nii.gz", "lab.nii.gz")], root=tmp_path)
     with pytest.raises(GeometryError, match="different voxel grids"):
         VolumeCache.load(bad, bad.cases, CT)
-    with pytest.raises(InputError, match="no ct cases"):
-        build_slice_datasets(m, "test", "ct", CT, (16, 16))
+    with pytest.raises(InputError, match="no cases selected"):
+        VolumeCache.load(m, m.select(split="test", modality="ct"), CT)
 
 
 # ---------------------------------------------------------------------- slices
@@ -173,9 +167,9 @@ def test_same_seed_and_epoch_same_samples(ct_cache):
 
 
 def test_unlabelled_mr_has_zero_labels(cohort):
-    ds = build_slice_datasets(
-        cohort, "train", "mr", MR, (16, 16), samples_per_epoch=20, labelled=False
-    )
+    m = Manifest.load(cohort)
+    cache = VolumeCache.load(m, m.select(split="train", modality="mr", labelled=False), MR)
+    ds = SliceDataset(cache, (16, 16), samples_per_epoch=20)
     for i in range(len(ds)):
         it = ds[i]
         assert it["has_label"] is False and it["label"].sum() == 0
@@ -256,6 +250,5 @@ def test_unpaired_dataset(cohort, ct_cache):
     assert len({un[i]["mr_case_id"] for i in range(10)}) > 1  # MRI drawn independently
     with pytest.raises(InputError, match="share patients P0, P1, P2"):
         UnpairedDataset(ct, SliceDataset(ct_cache, (16, 16)))
-    built = build_unpaired_dataset(cohort, "train", CT, MR, (16, 16), samples_per_epoch=4)
-    batch = next(iter(DataLoader(built, batch_size=4)))
+    batch = next(iter(DataLoader(un, batch_size=4)))
     assert batch["ct"].shape == batch["mr"].shape == (4, 1, 16, 16)

@@ -18,9 +18,9 @@ TINY = [
     "data.val_samples=8",
     "data.patch_size=32",
     "model.seg_base_width=4",
-    "model.gen_base_width=4",
-    "model.gen_n_blocks=1",
-    "model.disc_base_width=4",
+    "cyclegan.gen_base_width=4",
+    "cyclegan.gen_n_blocks=1",
+    "cyclegan.disc_base_width=4",
     "training.image_grid=false",
 ]
 

@@ -23,11 +23,11 @@ from cmedl.inference import (
     segment_volume,
     translate_volume,
 )
-from cmedl.inference.segment import fold_batchnorm, predict_slices
+from cmedl.nets.predict import fold_batchnorm, predict_slices
 from cmedl.io import Volume, read_volume, write_volume
 from cmedl.nets import ResnetGenerator, UNet2D
 from cmedl.training.checkpoint import save_checkpoint
-from cmedl.training.config import TrainConfig
+from cmedl.methods import load_config
 
 OBLIQUE = (0.8, 0.0, 0.6, 0.0, 1.0, 0.0, -0.6, 0.0, 0.8)
 
@@ -85,12 +85,9 @@ def assert_same_grid(a: Volume, b: Volume) -> None:
 
 def make_checkpoint(path: Path, *, with_generator: bool = False, dropout: float = 0.0) -> Path:
     """A cmedl-checkpoint/1 file with a width-4 U-Net student (and tiny generators)."""
-    cfg = TrainConfig()
-    cfg.training.method = "cmedl" if with_generator else "ct-only"
-    cfg.model.seg_base_width = 4
-    cfg.model.dropout = dropout
-    cfg.model.gen_base_width = 4
-    cfg.model.gen_n_blocks = 1
+    cfg = load_config("paper-ct", [f"training.method={'cmedl' if with_generator else 'ct-only'}",
+                                   "model.seg_base_width=4", f"model.dropout={dropout}", "cyclegan.gen_base_width=4",
+                                   "cyclegan.gen_n_blocks=1"])
     networks = {"student_ct": tiny_unet(dropout).state_dict()}
     if with_generator:
         torch.manual_seed(1)
@@ -383,7 +380,7 @@ def test_cli_errors_are_one_line_and_leave_no_output(tmp_path: Path) -> None:
         (["segment", "--model", str(ckpt), str(good), "--device", "tpu", "--out"], "device"),
         (
             ["translate", "--model", str(ckpt), str(good), "--out"],
-            "g_ct2mr",
+            "trains no ct2mr translator",
         ),  # ct-only: no generator
     ]
     for i, (args, needle) in enumerate(cases):

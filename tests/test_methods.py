@@ -17,15 +17,15 @@ from cmedl.methods import (
     build_method,
     build_student_from_checkpoint,
 )
-from cmedl.training.config import load_config
+from cmedl.methods import load_config
 
 P = 32  # patch side (pixels)
 
 #: tiny networks: every width 4, generator with one residual block, cheap contextual layer
 TINY = [
-    "model.seg_base_width=4", "model.gen_base_width=4", "model.gen_n_blocks=1", "model.disc_base_width=4",
-    "model.disc_n_layers=2", f"data.patch_size={P}", "training.batch_size=2", "data.samples_per_epoch=4",
-    "loss.contextual_layers=[conv1_2]", "loss.contextual_max_positions=64", "training.device=cpu", "training.precision=fp32",
+    "model.seg_base_width=4", "cyclegan.gen_base_width=4", "cyclegan.gen_n_blocks=1", "cyclegan.disc_base_width=4",
+    "cyclegan.disc_n_layers=2", f"data.patch_size={P}", "training.batch_size=2", "data.samples_per_epoch=4",
+    "cyclegan.contextual_layers=[conv1_2]", "cyclegan.contextual_max_positions=64", "training.device=cpu", "training.precision=fp32",
 ]
 
 
@@ -76,7 +76,7 @@ def test_generator_step_leaves_discriminators_and_segmenters_unchanged(method: C
     fwd = method.forward_losses(make_batch(1))
     d = {k: snapshot(method.networks[k]) for k in ("d_ct", "d_mr", "student_ct", "teacher_mr")}
     g = {k: snapshot(method.networks[k]) for k in ("g_ct2mr", "g_mr2ct")}
-    method.generator_step(fwd)
+    method.translator.generator_step(fwd["loss_g"])
     for k, before in d.items():
         assert not changed(method.networks[k], before), k
         assert all(p.grad is None for p in method.networks[k].parameters()), f"{k} got a gradient in the G step"
@@ -90,14 +90,14 @@ def test_discriminator_step_leaves_generators_unchanged(method: CMEDL) -> None:
     fwd = method.forward_losses(make_batch(2))
     g = {k: snapshot(method.networks[k]) for k in ("g_ct2mr", "g_mr2ct", "student_ct", "teacher_mr")}
     d = {k: snapshot(method.networks[k]) for k in ("d_ct", "d_mr")}
-    logs = method.discriminator_step(fwd)
+    logs = method.translator.discriminator_step(fwd["translation"], fwd["ct"], fwd["mr"])
     assert set(logs) == {"d_mr", "d_ct", "loss_d"}
     for k, before in g.items():
         assert not changed(method.networks[k], before), k
     for k, before in d.items():
         assert changed(method.networks[k], before), k
     # the pool received the (detached) fakes
-    assert len(method.pools["mr"].images) > 0 and not method.pools["mr"].images[0].requires_grad
+    assert len(method.translator.pools["mr"].images) > 0 and not method.translator.pools["mr"].images[0].requires_grad
 
 
 def test_segmentation_step_moves_only_teacher_and_student(method: CMEDL) -> None:
@@ -117,11 +117,11 @@ def test_training_step_logs_every_term(method: CMEDL) -> None:
                 "d_mr", "d_ct", "loss_d"}
     assert set(logs) == expected
     assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
-    lc = method.config.loss
+    lc, cg = method.config.cmedl, method.config.cyclegan
     # loss_s = lambda_hint hint + seg_ct + seg_pmri + seg_rmri; loss_g uses all the lambdas
     assert logs["loss_s"] == pytest.approx(lc.lambda_hint * logs["hint"] + logs["seg_ct"] + logs["seg_pmri"] + logs["seg_rmri"], rel=1e-5)
     assert logs["loss_g"] == pytest.approx(
-        lc.lambda_adv * logs["adv_g"] + lc.lambda_cycle * logs["cycle"] + lc.lambda_contextual * logs["contextual"]
+        cg.lambda_adv * logs["adv_g"] + cg.lambda_cycle * logs["cycle"] + cg.lambda_contextual * logs["contextual"]
         + lc.lambda_hint * logs["hint"] + lc.lambda_seg * logs["seg_pmri"], rel=1e-5)
 
 
@@ -137,14 +137,14 @@ def test_each_switch_removes_its_term(switch: str, term: str) -> None:
     logs = m.training_step(make_batch(5))
     assert term not in logs
     if switch == "use_contextual":
-        assert m.contextual is None  # no VGG at all
+        assert m.translator.contextual is None  # no VGG at all
     if switch == "use_adversarial":
         assert "loss_d" not in logs
 
 
 def test_cycle_and_adversarial_off_cut_the_mr2ct_generator() -> None:
     torch.manual_seed(0)
-    m = build_method(tiny_config("loss.use_cycle=false", "loss.use_adversarial=false"), "cpu")
+    m = build_method(tiny_config("cyclegan.use_cycle=false", "cyclegan.use_adversarial=false"), "cpu")
     before = snapshot(m.networks["g_mr2ct"])
     before_ct2mr = snapshot(m.networks["g_ct2mr"])
     m.training_step(make_batch(6))
@@ -153,11 +153,11 @@ def test_cycle_and_adversarial_off_cut_the_mr2ct_generator() -> None:
 
 
 def test_only_hint_reaches_the_generator_and_hint_off_leaves_it() -> None:
-    only = ["loss.use_cycle=false", "loss.use_adversarial=false", "loss.use_contextual=false",
-            "loss.use_seg_pmri=false"]
+    only = ["cyclegan.use_cycle=false", "cyclegan.use_adversarial=false", "cyclegan.use_contextual=false",
+            "cmedl.use_seg_pmri=false"]
     for hint, expect in (("true", True), ("false", False)):
         torch.manual_seed(0)
-        m = build_method(tiny_config(*only, f"loss.use_hint={hint}"), "cpu")
+        m = build_method(tiny_config(*only, f"cmedl.use_hint={hint}"), "cpu")
         before = snapshot(m.networks["g_ct2mr"])
         m.training_step(make_batch(7))
         assert changed(m.networks["g_ct2mr"], before) is expect, hint
@@ -175,8 +175,8 @@ def test_only_hint_reaches_the_generator_and_hint_off_leaves_it() -> None:
 )
 def test_teacher_gradient_paths(hint: bool, mutual: bool, pmri: bool, rmri: bool, teacher_moves: bool) -> None:
     torch.manual_seed(0)
-    cfg = tiny_config("loss.use_contextual=false", f"loss.use_hint={hint}", f"loss.hint_to_teacher={mutual}",
-                      f"loss.use_seg_pmri={pmri}", f"loss.use_seg_real_mri={rmri}")
+    cfg = tiny_config("cyclegan.use_contextual=false", f"cmedl.use_hint={hint}", f"cmedl.hint_to_teacher={mutual}",
+                      f"cmedl.use_seg_pmri={pmri}", f"cmedl.use_seg_real_mri={rmri}")
     m = build_method(cfg, "cpu")
     teacher, student = snapshot(m.networks["teacher_mr"]), snapshot(m.networks["student_ct"])
     m.training_step(make_batch(8))
@@ -186,7 +186,7 @@ def test_teacher_gradient_paths(hint: bool, mutual: bool, pmri: bool, rmri: bool
 
 def test_unlabelled_mri_gives_no_real_mri_term() -> None:
     torch.manual_seed(0)
-    m = build_method(tiny_config("loss.use_contextual=false"), "cpu")
+    m = build_method(tiny_config("cyclegan.use_contextual=false"), "cpu")
     batch = make_batch(9)
     batch["mr_has_label"] = torch.zeros(2, dtype=torch.bool)
     assert "seg_rmri" not in m.training_step(batch)
@@ -194,7 +194,7 @@ def test_unlabelled_mri_gives_no_real_mri_term() -> None:
 
 def test_bf16_autocast_step_runs() -> None:
     torch.manual_seed(0)
-    m = build_method(tiny_config("loss.use_contextual=false", "training.precision=bf16"), "cpu")
+    m = build_method(tiny_config("cyclegan.use_contextual=false", "training.precision=bf16"), "cpu")
     logs = m.training_step(make_batch(10))
     assert all(math.isfinite(v) for v in logs.values())
     assert next(m.student.parameters()).dtype == torch.float32
@@ -220,16 +220,14 @@ def test_ct_only_overfits_one_batch() -> None:
 
 # ------------------------------------------------------------------------ state and checkpoints
 def _payload(m, cfg) -> dict:
-    from cmedl.methods import preprocess_configs
-
-    s, mr = preprocess_configs(cfg)
+    s, mr = cfg.preprocess_configs()
     return {"format": "cmedl-checkpoint/1", "method": m.name, "config": cfg.to_dict(),
             "preprocess": {"student": s.to_dict(), "mr": mr.to_dict()}, **m.state_dict(), "epoch": 1,
             "global_step": m.global_step}
 
 
 def test_state_dict_round_trip_gives_identical_next_step() -> None:
-    cfg = tiny_config("loss.pool_size=2")
+    cfg = tiny_config("cyclegan.pool_size=2")
     torch.manual_seed(0)
     a = build_method(cfg, "cpu")
     for i in range(3):  # fill the pools past their size so the pool RNG matters
@@ -271,7 +269,7 @@ def test_ct_only_checkpoint_has_no_generator() -> None:
     cfg = tiny_config(method="ct-only")
     m = build_method(cfg, "cpu")
     ckpt = _payload(m, cfg)
-    with pytest.raises(InputError, match="no 'g_ct2mr' network"):
+    with pytest.raises(InputError, match="method 'ct-only' trains no ct2mr translator"):
         build_generator_from_checkpoint(ckpt)
     net, _ = build_student_from_checkpoint(ckpt)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in m.student.parameters())

@@ -21,7 +21,9 @@ from cmedl.data.phantom import (
     render_cbct,
     render_ct,
 )
+from cmedl.data.phantom import cohort
 from cmedl.data.phantom.anatomy import smooth_field
+from cmedl.data.phantom.ct import ct_clean, tumour_offset_hu
 from cmedl.errors import InputError
 from cmedl.io import read_volume
 
@@ -92,8 +94,6 @@ def test_ct_tumour_close_to_mediastinum_far_from_lung():
 
 
 def test_ct_tumour_contrast_option_sets_the_offset_range():
-    from cmedl.data.phantom.ct import ct_clean, tumour_offset_hu
-
     _, anat = generate_case("ct", 2, 0, TINY, return_anatomy=True)
     c = anat.patient.tumour_contrast
     assert tumour_offset_hu(anat) == pytest.approx(12.0 * c)  # default: the calibrated +-12 HU
@@ -201,8 +201,6 @@ def test_bad_input_and_no_partial_output(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="modality"):
         generate_case("pet", 0, 0, TINY)
     # a failure midway removes what this call wrote
-    from cmedl.data.phantom import cohort
-
     real = cohort.generate_case
 
     def flaky(modality, index, *a, **k):

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from cmedl.data import body, cropping, intensity, preprocess, resampling
 from cmedl.data.preprocess import (
     PreprocessConfig,
+    PreprocessOptions,
     body_mask,
     bounding_box,
     box_centre,
@@ -231,6 +233,73 @@ def test_config_round_trip_and_validation():
         PreprocessConfig("ct", window=(500, -1000))
     with pytest.raises(ConfigError):
         PreprocessConfig("ct", intensity="zscore")
+
+
+# ---------------------------------------------------------------------- typed options
+@pytest.mark.parametrize("modality", ["ct", "cbct", "mr"])
+def test_options_defaults_resolve_to_the_modality_defaults(modality):
+    opts = PreprocessOptions()
+    assert opts.resolve(modality) == PreprocessConfig(modality=modality)
+    assert opts.to_overrides() == {}
+    assert PreprocessOptions.from_overrides({}) == opts
+
+
+def test_options_override_changes_only_that_field():
+    opts = PreprocessOptions(window=(-500, 500))
+    cfg = opts.resolve("ct")
+    assert cfg.window == (-500.0, 500.0)
+    default = PreprocessConfig(modality="ct").to_dict()
+    changed = {k for k, v in cfg.to_dict().items() if v != default[k]}
+    assert changed == {"window"}
+    # the same overrides apply to every modality; intensity/body_fill keep the modality default
+    assert opts.resolve("mr").intensity == "percentile"
+    assert opts.resolve("cbct").body_fill == "hull"
+    # plain YAML/JSON data, only the non-None fields; and back
+    over = opts.to_overrides()
+    assert over == {"window": [-500.0, 500.0]}
+    assert json.loads(json.dumps(over)) == over
+    assert PreprocessOptions.from_overrides(over) == opts
+    # equal to the untyped route used for dict configs
+    sized = PreprocessOptions(in_plane_size=(64, 64), clip_sd=2.0, intensity="standardise")
+    assert sized.resolve("mr") == PreprocessConfig.from_dict(
+        {**sized.to_overrides(), "modality": "mr"}
+    )
+    assert sized.to_overrides() == {
+        "intensity": "standardise",
+        "clip_sd": 2.0,
+        "in_plane_size": [64, 64],
+    }
+
+
+def test_options_invalid_values_raise_config_error():
+    with pytest.raises(ConfigError):
+        PreprocessOptions(window=(500, -1000))
+    with pytest.raises(ConfigError, match="did you mean 'standardise'"):
+        PreprocessOptions(intensity="standardize")
+    with pytest.raises(ConfigError):
+        PreprocessOptions(percentiles=(99.0, 1.0))
+    with pytest.raises(ConfigError):
+        PreprocessOptions(window=(1.0,))
+    with pytest.raises(ConfigError, match="did you mean 'window'"):
+        PreprocessOptions.from_overrides({"windw": [0, 1]})
+    with pytest.raises(ConfigError):
+        PreprocessOptions.from_overrides({"modality": "ct"})
+    opts = PreprocessOptions()
+    opts.clip_sd = -1.0  # not frozen: a later bad value is caught when resolving
+    with pytest.raises(ConfigError):
+        opts.resolve("cbct")
+    with pytest.raises(ConfigError):
+        PreprocessOptions().resolve("pet")
+
+
+def test_preprocess_reexports_the_building_blocks():
+    for module in (intensity, body, cropping, resampling):
+        for name in dir(module):
+            obj = getattr(module, name)
+            if name in preprocess.__all__:
+                assert getattr(preprocess, name) is obj
+    for name in preprocess.__all__:
+        assert hasattr(preprocess, name)
 
 
 # ---------------------------------------------------------------------- prepare / restore

@@ -21,14 +21,15 @@ from cmedl.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from cmedl.training.config import TrainConfig, list_presets, load_config, parse_override
-from cmedl.training.trainer import TrainingDiverged, train
+from cmedl.config import TrainConfig, list_presets, parse_override
+from cmedl.methods import load_config, parse_config
+from cmedl.training import TrainingDiverged, train
 
 TINY = [
-    "model.seg_base_width=4", "model.gen_base_width=4", "model.gen_n_blocks=1", "model.disc_base_width=4",
-    "model.disc_n_layers=2", "data.patch_size=32", "training.batch_size=2", "data.samples_per_epoch=4",
-    "data.val_samples=4", "loss.contextual_layers=[conv1_2]", "loss.contextual_max_positions=32",
-    "training.device=cpu", "training.precision=fp32", "training.progress=false", "data.augment_params={elastic_prob: 0.0}",
+    "model.seg_base_width=4", "cyclegan.gen_base_width=4", "cyclegan.gen_n_blocks=1", "cyclegan.disc_base_width=4",
+    "cyclegan.disc_n_layers=2", "data.patch_size=32", "training.batch_size=2", "data.samples_per_epoch=4",
+    "data.val_samples=4", "cyclegan.contextual_layers=[conv1_2]", "cyclegan.contextual_max_positions=32",
+    "training.device=cpu", "training.precision=fp32", "training.progress=false", "augmentation.elastic_prob=0.0",
 ]
 
 
@@ -52,16 +53,16 @@ def test_presets_load_with_paper_values() -> None:
     assert {"cpu-demo", "paper-ct", "paper-cbct", "paper-ct-densefcn57", "paper-ct-mrrn"} <= set(list_presets())
     ct, cbct = load_config("paper-ct"), load_config("paper-cbct")
     assert (ct.data.patch_size, ct.training.batch_size, ct.training.max_epochs) == (256, 2, 100)
-    assert (ct.optim.lr_translation, ct.optim.lr_segmentation) == (1e-4, 2e-4)
-    assert (ct.loss.lambda_adv, ct.loss.lambda_cycle, ct.loss.lambda_contextual, ct.loss.lambda_hint,
-            ct.loss.lambda_seg) == (1, 10, 1, 1, 5)
-    assert ct.model.seg_base_width is None and ct.model.gen_n_blocks == 9 and ct.loss.pool_size == 50
+    assert (ct.cyclegan.lr, ct.optim.lr_segmentation) == (1e-4, 2e-4)
+    assert (ct.cyclegan.lambda_adv, ct.cyclegan.lambda_cycle, ct.cyclegan.lambda_contextual, ct.cmedl.lambda_hint,
+            ct.cmedl.lambda_seg) == (1, 10, 1, 1, 5)
+    assert ct.model.seg_base_width is None and ct.cyclegan.gen_n_blocks == 9 and ct.cyclegan.pool_size == 50
     assert (ct.data.modality, ct.evaluation.surface_tolerance_mm) == ("ct", 2.0)
     assert (cbct.data.modality, cbct.evaluation.surface_tolerance_mm) == ("cbct", 4.38)
     assert load_config("paper-ct-mrrn").model.arch == "mrrn"
     assert load_config("paper-ct-densefcn57").model.arch == "densefcn57"
     demo = load_config("cpu-demo")
-    assert (demo.data.patch_size, demo.model.seg_base_width, demo.model.gen_base_width, demo.training.batch_size) \
+    assert (demo.data.patch_size, demo.model.seg_base_width, demo.cyclegan.gen_base_width, demo.training.batch_size) \
         == (64, 16, 16, 8)
     # the demo trains in bf16 only where the hardware has it (cmedl.devices.native_bf16), else fp32
     assert demo.training.precision == "auto" and demo.training.device == "cpu"
@@ -74,8 +75,8 @@ def test_unknown_key_and_preset_give_did_you_mean() -> None:
         load_config("cpu-dem")
     with pytest.raises(ConfigError, match="did you mean 'loss'"):
         load_config("cpu-demo", ["los.lambda_hint=2"])
-    with pytest.raises(ConfigError, match="loss.lambda_hint: expected a number"):
-        load_config("cpu-demo", ["loss.lambda_hint=abc"])
+    with pytest.raises(ConfigError, match="cmedl.lambda_hint: expected a number"):
+        load_config("cpu-demo", ["cmedl.lambda_hint=abc"])
     with pytest.raises(ConfigError, match="did you mean 'ct-only'"):
         load_config("cpu-demo", ["training.method=ctonly"])
     with pytest.raises(ConfigError, match="must look like"):
@@ -83,11 +84,11 @@ def test_unknown_key_and_preset_give_did_you_mean() -> None:
 
 
 def test_overrides_types_and_round_trip(tmp_path: Path) -> None:
-    cfg = load_config("paper-ct", ["training.max_epochs=7", "loss.contextual_layers=[conv2_2, conv3_1]",
-                                   "loss.use_hint=off", "optim.lr_segmentation=1e-3", "model.seg_base_width=8"])
-    assert cfg.training.max_epochs == 7 and cfg.loss.contextual_layers == ["conv2_2", "conv3_1"]
-    assert cfg.loss.use_hint is False and cfg.optim.lr_segmentation == 1e-3 and cfg.model.seg_base_width == 8
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = load_config("paper-ct", ["training.max_epochs=7", "cyclegan.contextual_layers=[conv2_2, conv3_1]",
+                                   "cmedl.use_hint=off", "optim.lr_segmentation=1e-3", "model.seg_base_width=8"])
+    assert cfg.training.max_epochs == 7 and cfg.cyclegan.contextual_layers == ["conv2_2", "conv3_1"]
+    assert cfg.cmedl.use_hint is False and cfg.optim.lr_segmentation == 1e-3 and cfg.model.seg_base_width == 8
+    assert parse_config(cfg.to_dict()) == cfg
     # a user file extending a preset, by name
     user = tmp_path / "mine.yaml"
     user.write_text("extends: paper-cbct\ntraining:\n  patience: 3\n")
@@ -154,7 +155,7 @@ def _stop_at_step(n: int, store: list):
 
 
 def test_resume_reproduces_the_uninterrupted_run(phantom: Path, tmp_path: Path) -> None:
-    cfg2 = tiny("training.max_epochs=2", "loss.pool_size=2")
+    cfg2 = tiny("training.max_epochs=2", "cyclegan.pool_size=2")
     full: list[dict] = []
     r_full = train(cfg2, phantom, out_dir=tmp_path / "full", step_callback=_record(full))
     assert r_full.epochs == 2 and len(full) == 4
@@ -190,7 +191,7 @@ def test_run_folder_contents_and_checkpoint_model(phantom: Path, tmp_path: Path)
         assert (out / name).is_file(), name
     assert any((out / "tb").iterdir())
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert TrainConfig.from_dict(saved) == tiny(method="ct-only")
+    assert parse_config(saved) == tiny(method="ct-only")
     ck = load_checkpoint(r.best_checkpoint)
     assert ck["method"] == "ct-only" and ck["preprocess"]["mr"] is None
     assert ck["epoch"] == r.best_epoch and math.isfinite(ck["metrics"]["val_loss"])
@@ -267,7 +268,7 @@ def test_short_cmedl_training_on_a_small_phantom(tmp_path: Path) -> None:
     from cmedl.methods import build_student_from_checkpoint
 
     manifest = generate_cohort(tmp_path / "ph", n_ct=8, n_cbct=0, n_mr=4, seed=1, shape=(16, 64, 64), workers=1)
-    cfg = load_config("cpu-demo", ["model.seg_base_width=8", "model.gen_base_width=8", "model.disc_base_width=8",
+    cfg = load_config("cpu-demo", ["model.seg_base_width=8", "cyclegan.gen_base_width=8", "cyclegan.disc_base_width=8",
                                    "data.patch_size=48", "data.samples_per_epoch=160", "training.max_epochs=6", "data.tumour_fraction=0.8",
                                    "training.patience=6", "training.progress=false"])
     r = train(cfg, manifest, out_dir=tmp_path / "run")
@@ -296,25 +297,26 @@ def test_volume_validation_scores_whole_scans_known_answer(phantom: Path) -> Non
     """validation=volumes: per-volume Dice of the whole scan, so over-segmenting is punished."""
     from types import SimpleNamespace
 
-    from cmedl.data.manifest import Manifest
-    from cmedl.training.trainer import _validate, _validate_volumes, build_data
+    from cmedl.data.batches import BatchKind
+    from cmedl.training.data import build_training_data
+    from cmedl.training.validation import validate_volumes
 
     cfg = tiny(method="ct-only")
-    data = build_data(cfg, Manifest.load(phantom), None, unpaired=False, progress=False)
+    data = build_training_data(cfg, BatchKind.LABELLED_SLICES, phantom)
     labels = [c.label.astype(np.float64) for c in data.val_cache.cases]
     assert labels and all(y.any() for y in labels)
-    everything = SimpleNamespace(student=_ConstantStudent(20.0), dims=2, precision="fp32")
-    got = _validate_volumes(everything, data.val_cache, cfg, torch.device("cpu"))
+    everything = SimpleNamespace(student=_ConstantStudent(20.0), dims=lambda: 2, precision="fp32", config=cfg)
+    got = validate_volumes(everything, data.val_cache, torch.device("cpu"))
     want = np.mean([2 * y.sum() / (y.size + y.sum()) for y in labels])  # all voxels predicted tumour
     assert got["val_dice"] == pytest.approx(want, rel=1e-9) and want < 0.2
     assert got["val_loss"] == pytest.approx(1 - want, rel=1e-4)
-    nothing = SimpleNamespace(student=_ConstantStudent(-20.0), dims=2, precision="fp32")
-    got = _validate_volumes(nothing, data.val_cache, cfg, torch.device("cpu"))
+    nothing = SimpleNamespace(student=_ConstantStudent(-20.0), dims=lambda: 2, precision="fp32", config=cfg)
+    got = validate_volumes(nothing, data.val_cache, torch.device("cpu"))
     assert got["val_dice"] == 0.0 and got["val_loss"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_lr_schedules_known_values_and_applied_by_the_trainer(phantom: Path, tmp_path: Path) -> None:
-    from cmedl.training.trainer import lr_factor
+    from cmedl.training.schedule import lr_factor
 
     assert lr_factor("constant", 0.9) == 1.0
     assert lr_factor("linear", 0.25) == 1.0 and lr_factor("linear", 0.75) == pytest.approx(0.5)

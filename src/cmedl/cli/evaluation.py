@@ -31,7 +31,7 @@ def evaluate_cmd(
     workers: int = typer.Option(1, "--workers", "-j", help="Cases evaluated in parallel processes."),
 ) -> None:
     """Score predicted masks against references: DSC, sDSC, HD95, HD, ASSD, volumes, object F1."""
-    from cmedl.evaluation.evaluate import evaluate_folders, summary_table
+    from cmedl.evaluation.evaluate import evaluate_folders, summary_table  # lazy: fast `cmedl --help`
 
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
@@ -57,7 +57,7 @@ def compare_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the table as CSV."),
 ) -> None:
     """Compare methods on their common cases (Wilcoxon, Holm-Bonferroni), like the papers' tables."""
-    from cmedl.evaluation.compare import compare_results
+    from cmedl.evaluation.compare import compare_results  # lazy: fast `cmedl --help`
 
     comp = compare_results(results, metric=metric)
     headers = comp.headers()

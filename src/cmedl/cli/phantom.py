@@ -90,7 +90,7 @@ def phantom(
     ] = "0,12",
 ) -> None:
     """Synthesise a thoracic phantom cohort (CT in HU, CBCT with artefacts, T2w MRI) with tumour masks."""
-    from cmedl.data.phantom import generate_cohort
+    from cmedl.data.phantom import generate_cohort  # lazy: fast `cmedl --help`
 
     nx, ny, nz = _triple(size, "size", int)  # type: ignore[misc]
     path = generate_cohort(

@@ -1,4 +1,4 @@
-"""``cmedl train``: train a method (``cmedl`` or ``ct-only``) from a config preset or YAML file.
+"""``cmedl train``: train a registered method from a config preset or YAML file; ``cmedl methods`` lists them.
 
 Thin wrapper: options become config overrides, then :func:`cmedl.training.trainer.train` runs.
 """
@@ -12,6 +12,7 @@ import typer
 
 from cmedl.cli import app
 from cmedl.cli._common import console, handle_errors
+from cmedl.errors import InputError
 
 
 @app.command("train")
@@ -20,12 +21,13 @@ def train_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (or its folder) with the CT/CBCT cases.")],
     config: Annotated[str, typer.Option(
         "--config", "-c",
-        help="Preset name (cpu-demo, paper-ct, paper-cbct, paper-ct-densefcn57, paper-ct-mrrn, paper-cbct-unet3d) or YAML file.",
+        help="Preset name (cpu-demo, paper-ct, paper-cbct, paper-ct-densefcn57, paper-ct-mrrn, paper-cbct-unet3d) "
+             "or YAML file.",
     )] = "cpu-demo",
     mr_data: Annotated[Path | None, typer.Option(
         "--mr-data", help="Separate manifest of MRI cases (default: the MRI cases of --data).")] = None,
     method: Annotated[str | None, typer.Option(
-        "--method", "-m", help="cmedl, ct-only or ct-only-3d (overrides training.method).")] = None,
+        "--method", "-m", help="A registered method (`cmedl methods` lists them; overrides training.method).")] = None,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Run folder (checkpoints, logs, config.yaml).")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
@@ -35,13 +37,12 @@ def train_command(
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda or auto (overrides training.device).")] = None,
     vgg_weights: Annotated[Path | None, typer.Option(
-        "--vgg-weights", help="torchvision vgg19 ImageNet state-dict file for the contextual loss.")] = None,
+        "--vgg-weights", help="torchvision vgg19 ImageNet state-dict file for the contextual loss (cyclegan).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a segmentation model; writes config.yaml, best.pt/last.pt, log.csv, TensorBoard logs, image grids."""
-    from cmedl.errors import InputError
-    from cmedl.training.config import load_config
-    from cmedl.training.trainer import train
+    from cmedl.methods import load_config  # lazy: `cmedl --help` stays under 1 s (the library imports torch: ~8 s)
+    from cmedl.training import train  # lazy: as above
 
     sets = list(overrides or [])
     if method is not None:
@@ -53,7 +54,7 @@ def train_command(
     if vgg_weights is not None:
         if not vgg_weights.is_file():
             raise InputError("VGG19 weights file not found", vgg_weights)
-        sets.append(f"model.vgg_weights={vgg_weights.resolve()}")
+        sets.append(f"cyclegan.vgg_weights={vgg_weights.resolve()}")
     if quiet:
         sets.append("training.progress=false")
     cfg = load_config(config, sets)
@@ -64,3 +65,15 @@ def train_command(
         f"{' (early stop)' if result.stopped_early else ''}, {result.seconds:.0f} s; "
         f"best checkpoint: {result.best_checkpoint}"
     )
+
+
+@app.command("methods")
+@handle_errors
+def methods_command() -> None:
+    """List the registered training methods: what each does, its batch kind, what runs at test time."""
+    from cmedl.methods import describe_methods  # lazy: `cmedl --help` stays under 1 s (torch: ~8 s)
+
+    for row in describe_methods():
+        console.print(f"[bold]{row['method']}[/bold]: {row['description']}", soft_wrap=True)
+        console.print(f"    batch: {row['batch']}; test time: {row['test time']}; translate: {row['translate']}; "
+                      f"config sections: {row['sections']}", soft_wrap=True, highlight=False)

@@ -107,6 +107,7 @@ class Augmenter:
     def _pipeline(self, size: tuple[int, int]) -> Any:
         if size in self._pipelines:
             return self._pipelines[size]
+        # lazy: MONAI takes seconds to import and is only needed once augmentation runs
         from monai.transforms import Compose, Rand2DElasticd, RandAffined, RandFlipd
 
         c = self.config
@@ -156,7 +157,7 @@ class Augmenter:
             )
         if self.is_identity:
             return img.clone(), (lab > 0.5).float()
-        from monai.data import get_track_meta, set_track_meta
+        from monai.data import get_track_meta, set_track_meta  # lazy: MONAI is slow to import
 
         pipeline = self._pipeline((int(img.shape[1]), int(img.shape[2])))
         pipeline.set_random_state(seed=int(seed) % (2**32))

@@ -27,15 +27,16 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from cmedl.data.augment import AugmentConfig, Augmenter
 from cmedl.data.manifest import Case, Manifest
+from cmedl.data.selection import check_disjoint_patients
 from cmedl.data.preprocess import (
     PreparedVolume,
     PreprocessConfig,
@@ -113,8 +114,6 @@ class VolumeCache:
         and numpy release the GIL), with an optional tqdm progress bar. Order is kept."""
         if not cases:
             raise InputError("no cases selected", manifest.root / "manifest.json")
-        from tqdm import tqdm
-
         bar = tqdm(
             total=len(cases),
             desc=f"loading {preprocess.modality}",
@@ -363,13 +362,7 @@ class UnpairedDataset(Dataset):
     """
 
     def __init__(self, ct: SliceDataset, mr: SliceDataset, seed: int = 0) -> None:
-        shared = sorted(ct.patient_ids & mr.patient_ids)
-        if shared:
-            more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
-            raise InputError(
-                f"the CT and MRI sets share patients {', '.join(shared[:5])}{more}; "
-                "unpaired training needs disjoint patients"
-            )
+        check_disjoint_patients(ct.patient_ids, mr.patient_ids, ct.cache.config.modality)
         self.ct, self.mr, self.seed, self.epoch = ct, mr, int(seed), 0
 
     def __len__(self) -> int:
@@ -396,85 +389,3 @@ class UnpairedDataset(Dataset):
             "mr_has_label": b["has_label"],
             "mr_case_id": b["case_id"],
         }
-
-
-# ====================================================================== builders
-def _as_manifest(manifest: Manifest | str | Path) -> Manifest:
-    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
-
-
-def build_slice_datasets(
-    manifest: Manifest | str | Path,
-    split: str | Sequence[str],
-    modality: str | None,
-    preprocess: PreprocessConfig,
-    patch_size: tuple[int, int] | None,
-    *,
-    tumour_fraction: float | None = 0.5,
-    samples_per_epoch: int | None = None,
-    augment: bool | AugmentConfig | Augmenter = False,
-    seed: int = 0,
-    workers: int = 1,
-    progress: bool = False,
-    labelled: bool | None = None,
-) -> SliceDataset:
-    """Load the ``split`` cases of ``modality`` (None: ``preprocess.modality``; ``labelled``
-    filters on having a label) into a :class:`SliceDataset` (see its arguments).
-
-    Typical use: training ``build_slice_datasets(m, "train", "ct", cfg, (256, 256), augment=True)``;
-    validation ``build_slice_datasets(m, "val", "ct", cfg, None, tumour_fraction=None)``.
-    Raises InputError naming the manifest if nothing matches.
-    """
-    m = _as_manifest(manifest)
-    modality = modality or preprocess.modality
-    cases = m.select(split=split, modality=modality, labelled=labelled)
-    if not cases:
-        raise InputError(f"no {modality} cases in split {split!r}", m.root / "manifest.json")
-    cache = VolumeCache.load(m, cases, preprocess, workers=workers, progress=progress)
-    return SliceDataset(cache, patch_size, tumour_fraction, samples_per_epoch, augment, seed)
-
-
-def build_unpaired_dataset(
-    manifest: Manifest | str | Path,
-    split: str | Sequence[str],
-    ct_preprocess: PreprocessConfig,
-    mr_preprocess: PreprocessConfig,
-    patch_size: tuple[int, int] | None,
-    *,
-    mr_manifest: Manifest | str | Path | None = None,
-    tumour_fraction: float | None = 0.5,
-    mr_tumour_fraction: float | None = 0.5,
-    samples_per_epoch: int | None = None,
-    augment: bool | AugmentConfig | Augmenter = False,
-    seed: int = 0,
-    workers: int = 1,
-    progress: bool = False,
-) -> UnpairedDataset:
-    """CT/CBCT (``ct_preprocess.modality``) and MRI slice datasets of ``split`` joined into an
-    :class:`UnpairedDataset`; the MRI may come from another manifest (``mr_manifest``)."""
-    ct = build_slice_datasets(
-        manifest,
-        split,
-        None,
-        ct_preprocess,
-        patch_size,
-        tumour_fraction=tumour_fraction,
-        samples_per_epoch=samples_per_epoch,
-        augment=augment,
-        seed=seed,
-        workers=workers,
-        progress=progress,
-    )
-    mr = build_slice_datasets(
-        mr_manifest if mr_manifest is not None else manifest,
-        split,
-        None,
-        mr_preprocess,
-        patch_size,
-        tumour_fraction=mr_tumour_fraction,
-        augment=augment,
-        seed=seed + 1,
-        workers=workers,
-        progress=progress,
-    )
-    return UnpairedDataset(ct, mr, seed=seed)

@@ -79,63 +79,25 @@ def import_dicom_case(
         InputError: bad id/modality/ROI, unreadable DICOM, an ROI that rasterises to an empty
             mask. Nothing is written then (no image without its mask, no manifest change).
     """
-    if not _CASE_ID.match(case_id):
-        raise InputError(f"invalid case id '{case_id}': use letters, digits, '.', '_' and '-'")
-    if modality is not None:
-        modality = modality.lower()
-        if modality not in MODALITIES:
-            raise InputError(did_you_mean(modality, MODALITIES, "modality"))
-    if roi is not None and rtstruct is None:
-        raise InputError(f"ROI '{roi}' given without an RTSTRUCT file (--rtstruct)")
+    modality = _check_import_args(case_id, modality, rtstruct, roi)
     out_dir = Path(out_dir)
-    manifest_path = Path(manifest) if manifest is not None else out_dir / "manifest.json"
-    if manifest_path.is_dir():
-        manifest_path = manifest_path / "manifest.json"
-    man = (
-        Manifest.load(manifest_path)
-        if manifest_path.exists()
-        else Manifest(name=out_dir.resolve().name)
-    )
-
+    manifest_path, man = _load_or_new_manifest(manifest, out_dir)
     image = read_dicom_series(dicom_dir, series_uid=series_uid)
     if modality is None:
-        dicom_mod = image.meta.get("Modality", "")
-        if dicom_mod.upper() not in DICOM_MODALITY:
-            raise InputError(
-                f"cannot infer the modality from DICOM Modality '{dicom_mod}'; pass modality (ct, cbct or mr)",
-                dicom_dir,
-            )
-        modality = DICOM_MODALITY[dicom_mod.upper()]
-    label: np.ndarray | None = None
-    if rtstruct is not None:
-        if roi is None:
-            names = list_rois(rtstruct)
-            if len(names) != 1:
-                raise InputError(
-                    f"has {len(names)} ROIs; choose one with --roi: {', '.join(names)}", rtstruct
-                )
-            roi = names[0]
-        label = rasterize_roi(rtstruct, roi, image)
-        if not label.any():
-            raise InputError(
-                f"ROI '{roi}' rasterises to an empty mask on the image grid (contours outside the image?)",
-                rtstruct,
-            )
+        modality = _dicom_modality(image, dicom_dir)
+    label = None if rtstruct is None else _roi_label(rtstruct, roi, image)
     patient = patient_id or image.meta.get("PatientID") or case_id
 
     image_path = out_dir / "images" / f"{case_id}.nii.gz"
     label_path = out_dir / "labels" / f"{case_id}.nii.gz"
     root = manifest_path.parent
-    # A patient's cases share one split: join the patient's split, else keep the replaced case's.
-    split = next((c.split for c in man.cases if c.patient_id == patient and c.id != case_id), None)
-    split = split or next((c.split for c in man.cases if c.id == case_id), "train")
     case = Case(
         id=case_id,
         patient_id=str(patient),
         modality=modality,
         image=_relative(image_path, root),
         label=None if label is None else _relative(label_path, root),
-        split=split,
+        split=_split_for(man, patient, case_id),
     )
     man.add(case, replace=True)
     # All inputs are read and checked; now write image (+ label) to temporaries, move them
@@ -148,6 +110,72 @@ def import_dicom_case(
             write_volume(image.with_array(label), tmp_label)
     man.save(manifest_path)
     return case
+
+
+def _check_import_args(
+    case_id: str, modality: str | None, rtstruct: str | Path | None, roi: str | None
+) -> str | None:
+    """Validate the case id, modality and ROI arguments; return the modality in lower case."""
+    if not _CASE_ID.match(case_id):
+        raise InputError(f"invalid case id '{case_id}': use letters, digits, '.', '_' and '-'")
+    if modality is not None:
+        modality = modality.lower()
+        if modality not in MODALITIES:
+            raise InputError(did_you_mean(modality, MODALITIES, "modality"))
+    if roi is not None and rtstruct is None:
+        raise InputError(f"ROI '{roi}' given without an RTSTRUCT file (--rtstruct)")
+    return modality
+
+
+def _load_or_new_manifest(manifest: str | Path | None, out_dir: Path) -> tuple[Path, Manifest]:
+    """The manifest path (default ``<out_dir>/manifest.json``; a folder means its manifest.json)
+    and the manifest loaded from it, or a new empty one named after ``out_dir``."""
+    manifest_path = Path(manifest) if manifest is not None else out_dir / "manifest.json"
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / "manifest.json"
+    man = (
+        Manifest.load(manifest_path)
+        if manifest_path.exists()
+        else Manifest(name=out_dir.resolve().name)
+    )
+    return manifest_path, man
+
+
+def _dicom_modality(image: Volume, dicom_dir: str | Path) -> str:
+    """Manifest modality from the series' DICOM Modality (CT -> ct, MR -> mr)."""
+    dicom_mod = image.meta.get("Modality", "")
+    if dicom_mod.upper() not in DICOM_MODALITY:
+        raise InputError(
+            f"cannot infer the modality from DICOM Modality '{dicom_mod}'; pass modality (ct, cbct or mr)",
+            dicom_dir,
+        )
+    return DICOM_MODALITY[dicom_mod.upper()]
+
+
+def _roi_label(rtstruct: str | Path, roi: str | None, image: Volume) -> np.ndarray:
+    """ROI ``roi`` of ``rtstruct`` (the only one when None) rasterised on the image grid; must not
+    be empty."""
+    if roi is None:
+        names = list_rois(rtstruct)
+        if len(names) != 1:
+            raise InputError(
+                f"has {len(names)} ROIs; choose one with --roi: {', '.join(names)}", rtstruct
+            )
+        roi = names[0]
+    label = rasterize_roi(rtstruct, roi, image)
+    if not label.any():
+        raise InputError(
+            f"ROI '{roi}' rasterises to an empty mask on the image grid (contours outside the image?)",
+            rtstruct,
+        )
+    return label
+
+
+def _split_for(man: Manifest, patient: str, case_id: str) -> str:
+    """A patient's cases share one split: join the patient's split, else keep the replaced case's
+    (default ``train``)."""
+    split = next((c.split for c in man.cases if c.patient_id == patient and c.id != case_id), None)
+    return split or next((c.split for c in man.cases if c.id == case_id), "train")
 
 
 # ---------------------------------------------------------------------------------- info

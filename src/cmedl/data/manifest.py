@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cmedl.data.modalities import MODALITIES
 from cmedl.errors import InputError, did_you_mean
+from cmedl.io.volume import atomic_path
 
-MODALITIES = ("ct", "cbct", "mr")
 SPLITS = ("train", "val", "test")
 
 
@@ -114,8 +115,6 @@ class Manifest:
 
     def save(self, path: str | Path) -> Path:
         """Write the manifest atomically; relative case paths are kept relative to ``path``'s folder."""
-        from cmedl.io.volume import atomic_path
-
         path = Path(path)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,10 +1,14 @@
 """Evaluation: segmentation metrics in mm, object-wise detection, pMRI translation KL, statistics.
 
-- :mod:`~cmedl.evaluation.metrics`      DSC, surface DSC, HD95/HD/ASSD (DeepMind surfel definition), volumes
+- :mod:`~cmedl.evaluation.metrics`      DSC, surface DSC, HD95/HD/ASSD (DeepMind surfels), volumes
+  (built on :mod:`~cmedl.evaluation.binary_masks`, :mod:`~cmedl.evaluation.surfels` and
+  :mod:`~cmedl.evaluation.surface_metrics`)
 - :mod:`~cmedl.evaluation.objects`      object-wise precision / recall / F1 / DSC-TP
 - :mod:`~cmedl.evaluation.translation`  KL divergence of pMRI vs MRI intensity histograms
 - :mod:`~cmedl.evaluation.stats`        mean ± SD, median/IQR, Wilcoxon, Holm-Bonferroni, CV
 - :mod:`~cmedl.evaluation.evaluate`     folders/manifests of masks -> per-case rows / CSV
+  (pairing in :mod:`~cmedl.evaluation.pairing`, CSV in :mod:`~cmedl.evaluation.results_csv`,
+  summary table in :mod:`~cmedl.evaluation.summary`)
 - :mod:`~cmedl.evaluation.compare`      several per-case CSVs -> papers-style table with p-values
 
 All metric functions take numpy masks ``[z, y, x]`` and ``spacing`` in mm in array order

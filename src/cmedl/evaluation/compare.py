@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cmedl.errors import InputError, did_you_mean
-from cmedl.evaluation.evaluate import format_text_table, read_results_csv
+from cmedl.evaluation.results_csv import read_results_csv
 from cmedl.evaluation.stats import (
     PairedTest,
     Summary,
@@ -26,6 +26,7 @@ from cmedl.evaluation.stats import (
     summarize,
     wilcoxon_paired,
 )
+from cmedl.evaluation.summary import format_text_table
 from cmedl.io.volume import atomic_path
 
 #: Column -> (label, digits) for the comparison table.

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmedl.errors import InputError
-from cmedl.evaluation.metrics import _check_pair, _check_spacing, _union_crop
+from cmedl.evaluation.binary_masks import check_pair, check_spacing, union_crop
 
 #: Default minimum covered fraction of a reference object for it to count as detected.
 DEFAULT_OVERLAP = 0.25
@@ -67,13 +67,13 @@ def object_metrics(
         docstring) and the counts ``n_objects_ref``, ``n_objects_pred``, ``tp_ref`` (detected
         reference objects), ``tp_pred`` (true-positive predicted objects), ``fp`` and ``fn``.
     """
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_pair(pred, ref)
     if spacing is not None:
-        _check_spacing(spacing)
+        check_spacing(spacing)
     if not 0.0 < float(overlap) <= 1.0:
         raise InputError(f"overlap must be in (0, 1], got {overlap}")
     structure = _structure(connectivity)
-    crop = _union_crop(pred, ref)
+    crop = union_crop(pred, ref)
     if crop is None:
         return _result(0, 0, 0, 0, math.nan)
     p, r = crop

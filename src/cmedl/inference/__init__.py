@@ -1,42 +1,29 @@
-"""Whole-volume inference: segmentation with the student network and image translation.
+"""Whole-volume inference: segmentation with a method's test-time model and image translation.
 
 - :func:`segment_volume` ``(volume, net, preprocess, ...) -> SegmentationResult`` (mask,
   probabilities, MC-dropout SD), and :func:`segment_files` (``cmedl segment``);
 - :func:`translate_volume` ``(volume, generator, preprocess, ...) -> Volume`` (pMRI), and
   :func:`translate_files` (``cmedl translate``);
-- :mod:`cmedl.inference.postprocess`: threshold, largest connected component, hole filling.
+- :mod:`cmedl.inference.postprocess`: threshold, largest connected component, hole filling;
+- :mod:`cmedl.inference.files`: input checks, case names, progress.
 
-Networks run slice by slice on the preprocessed working grid; every output is written on exactly
-the input volume's grid (shape, spacing, origin, direction).
+Networks run on the preprocessed working grid through :mod:`cmedl.nets.predict` (the path
+training-time validation uses too); every output is written on exactly the input volume's grid
+(shape, spacing, origin, direction).
 """
 
+from cmedl.inference.files import case_name, check_inputs
 from cmedl.inference.postprocess import (
     fill_holes_per_slice,
     largest_connected_component,
     postprocess_probabilities,
     threshold_mask,
 )
-from cmedl.inference.segment import (
-    SegmentationResult,
-    case_name,
-    predict_slices,
-    resolve_device,
-    segment_files,
-    segment_volume,
-)
+from cmedl.inference.segment import SegmentationResult, segment_files, segment_volume
 from cmedl.inference.translate import translate_files, translate_volume
 
 __all__ = [
-    "SegmentationResult",
-    "case_name",
-    "fill_holes_per_slice",
-    "largest_connected_component",
-    "postprocess_probabilities",
-    "predict_slices",
-    "resolve_device",
-    "segment_files",
-    "segment_volume",
-    "threshold_mask",
-    "translate_files",
+    "SegmentationResult", "case_name", "check_inputs", "fill_holes_per_slice", "largest_connected_component",
+    "postprocess_probabilities", "segment_files", "segment_volume", "threshold_mask", "translate_files",
     "translate_volume",
 ]

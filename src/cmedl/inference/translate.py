@@ -3,7 +3,7 @@
 :func:`translate_volume` turns a CT/CBCT volume into a pseudo-MRI (pMRI) volume (or, with the
 ``mr2ct`` generator, an MRI into a pseudo-CT) on exactly the input's grid: the volume is prepared
 with the preprocessing of the generator's *input* modality stored in the checkpoint, the generator
-runs slice by slice (same runner as segmentation, :func:`cmedl.inference.segment.predict_slices`),
+runs slice by slice (same runner as segmentation, :func:`cmedl.nets.predict.predict_slices`),
 and the slices are stacked and put back onto the input grid (linear interpolation if the
 preprocessing resampled in-plane).
 
@@ -21,25 +21,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from cmedl.data.preprocess import PreprocessConfig, prepare_volume, restore_to_input
+from cmedl.devices import resolve_device
 from cmedl.errors import InputError, did_you_mean
-from cmedl.inference.segment import (
-    _progress,
-    check_inputs,
-    errors_naming,
-    inference_copy,
-    predict_slices,
-    resolve_device,
-)
+from cmedl.inference.files import check_batch_size, check_inputs, errors_naming, progress_bar
 from cmedl.io.volume import Volume, read_volume, write_volume
-
-if TYPE_CHECKING:
-    from cmedl.data.preprocess import PreprocessConfig
+from cmedl.methods.checkpoints import DIRECTIONS, build_generator_from_checkpoint
+from cmedl.nets.predict import inference_copy, predict_slices
+from cmedl.training.checkpoint import load_checkpoint
 
 SCALES = ("normalised", "au")
 #: Upper end of the ``au`` scale: tanh output -1..1 maps to 0..AU_MAX.
@@ -74,8 +68,6 @@ def translate_volume(
         scale: ``normalised`` ([-1, 1]) or ``au`` ([0, 1000]); see the module docstring.
         batch_size, device, amp_bf16: as in :func:`cmedl.inference.segment.segment_volume`.
     """
-    from cmedl.data.preprocess import prepare_volume, restore_to_input
-
     _check_scale(scale)
     prepared = prepare_volume(volume, preprocess)
     out_w, _ = predict_slices(
@@ -110,7 +102,7 @@ def translate_files(
     amp_bf16: bool = False,
     progress: bool = True,
 ) -> list[Path]:
-    """Translate image files / DICOM folders with a generator of the ``cmedl`` checkpoint
+    """Translate image files / DICOM folders with a generator of the checkpoint
     ``model_path`` (loaded once); writes ``<out_dir>/<case>_pmri.nii.gz`` (``ct2mr``) or
     ``<case>_pct.nii.gz`` (``mr2ct``) atomically, float32. Inputs are checked before any work.
 
@@ -120,14 +112,10 @@ def translate_files(
     Raises:
         InputError: one line naming the offending input, checkpoint or output folder.
     """
-    from cmedl.methods import GENERATOR_NAMES, build_generator_from_checkpoint
-    from cmedl.training.checkpoint import load_checkpoint
-
-    if direction not in GENERATOR_NAMES:
-        raise InputError(did_you_mean(str(direction), GENERATOR_NAMES, "translation direction"))
+    if direction not in DIRECTIONS:
+        raise InputError(did_you_mean(str(direction), DIRECTIONS, "translation direction"))
     _check_scale(scale)
-    if batch_size is not None and int(batch_size) < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     dev = resolve_device(device)
     cases = check_inputs(inputs, out_dir)
     ckpt = load_checkpoint(model_path)
@@ -136,7 +124,7 @@ def translate_files(
     run_net = inference_copy(generator, dev)
     out_dir = Path(out_dir)
     written: list[Path] = []
-    for path, name in _progress(cases, "translate", progress):
+    for path, name in progress_bar(cases, "translate", progress):
         with errors_naming(path, dev):
             result = translate_volume(
                 read_volume(path),

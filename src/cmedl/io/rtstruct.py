@@ -40,8 +40,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 from cmedl.errors import InputError, did_you_mean
-from cmedl.io.dicom import new_dataset
-from cmedl.io.volume import Volume, atomic_path
+from cmedl.io.atomic import atomic_path
+from cmedl.io.dicom_write import new_dataset
+from cmedl.io.image import Volume
 
 _log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from cmedl.losses.contextual import (
     contextual_similarity,
 )
 from cmedl.losses.cycle import CycleLoss, cycle_loss
-from cmedl.losses.dice import SoftDiceLoss, soft_dice_loss
+from cmedl.losses.dice import SoftDiceLoss, dice_of_volume, soft_dice_loss
 from cmedl.losses.hint import HintLoss, hint_loss
 
 __all__ = [
@@ -36,5 +36,6 @@ __all__ = [
     "cycle_loss",
     "gan_loss",
     "hint_loss",
+    "dice_of_volume",
     "soft_dice_loss",
 ]

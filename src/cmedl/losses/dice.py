@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SoftDiceLoss", "soft_dice_loss"]
+__all__ = ["SoftDiceLoss", "dice_of_volume", "soft_dice_loss"]
 
 Reduction = Literal["mean", "sum", "none", "batch"]
 
@@ -121,3 +121,21 @@ class SoftDiceLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"smooth={self.smooth}, reduction={self.reduction!r}"
+
+
+def dice_of_volume(prob: Tensor, target: Tensor, smooth: float = 1e-6) -> tuple[float, float]:
+    """``(soft Dice loss, hard Dice)`` of one whole probability map against its binary label.
+
+    The soft loss is ``1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)`` of the probabilities
+    themselves (no sigmoid: the map comes from a network run over the whole volume), computed in
+    float64; the hard Dice thresholds at ``p > 0.5`` and is 1 when prediction and label are both
+    empty. Training-time validation scores every validation volume with it, so that false positives
+    anywhere in the scan count.
+    """
+    if prob.shape != target.shape:
+        raise ValueError(f"dice_of_volume: prob shape {tuple(prob.shape)} != target shape {tuple(target.shape)}")
+    p, t = prob.double(), (target > 0).double()
+    soft = 1.0 - float((2.0 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth))
+    hard = (p > 0.5).double()
+    denom = float(hard.sum() + t.sum())
+    return soft, (2.0 * float((hard * t).sum()) / denom) if denom > 0 else 1.0

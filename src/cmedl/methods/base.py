@@ -1,30 +1,41 @@
 """Base class of training methods: a method owns its networks and optimisers.
 
-Contract used by :mod:`cmedl.training.trainer`:
+A method is one module under ``cmedl/methods/`` with one :class:`Method` subclass, listed in
+:mod:`cmedl.methods.registry`. The class declares (class attributes):
 
-- ``batch_kind``: ``"labelled"`` (batches ``{"image", "label", ...}`` of the student modality) or
-  ``"unpaired"`` (batches ``{"ct", "ct_label", "mr", "mr_label", "mr_has_label", ...}``).
-  Tensors are float32 ``[B, 1, H, W]``; labels are in {0, 1}.
-- ``training_step(batch) -> dict[str, float]``: one optimisation step, returns every loss term.
-- ``validation_step(batch) -> dict[str, float]``: student soft-Dice loss on a labelled batch plus the
-  counts needed for a data-set-level hard Dice (``intersection``, ``pred_sum``, ``label_sum``, ``n``).
-- ``visuals(batch) -> dict[str, Tensor]``: images for the per-epoch grid.
-- ``student``: the only network used at test time (``networks["student_ct"]``, also for CBCT).
-- ``state_dict()/load_state_dict()``: networks, optimisers and method extras (tensors only).
+- ``name`` and a one-line ``description`` (``cmedl methods`` prints them);
+- ``batch_kind``: the :class:`~cmedl.data.batches.BatchKind` it trains on (2D labelled slices,
+  unpaired CT + MRI slices, 3D patches); its ``dims`` must match ``model.arch``;
+- ``config_section``: the dataclass of its own config section (named like the method), or None,
+  and :meth:`config_sections`, every section it reads (its own, its translator's);
+- :meth:`build_networks`: its networks by checkpoint name (``student_ct``, ``teacher_mr``,
+  ``g_ct2mr`` ...), built in a fixed order from the config (training and checkpoint loading both use it);
+- ``recipe``: its :class:`~cmedl.methods.recipe.TestTimeRecipe` (which networks run at test time);
+  ``translators``: direction (``ct2mr``/``mr2ct``) -> generator network, for ``cmedl translate``;
+- :meth:`training_step` (one optimisation step on a batch of its kind, returns every loss term).
+
+The trainer also uses ``validation_step``, ``visuals``, ``student`` (the network validated during
+training) and ``state_dict()/load_state_dict()`` (networks, optimisers, method extras; tensors only).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from cmedl.config import TrainConfig
+from cmedl.data.batches import BatchKind
 from cmedl.devices import resolve_precision
-from cmedl.training.config import TrainConfig
+from cmedl.errors import ConfigError, InputError
+from cmedl.losses import soft_dice_loss
+from cmedl.methods.recipe import STUDENT, TestTimeRecipe
+from cmedl.nets import build_segmentation_net
+from cmedl.nets.registry import SEGMENTATION_NETS_2D, SEGMENTATION_NETS_3D, segmentation_net_class
 
 #: segmentation threshold on the student's sigmoid probability
 THRESHOLD = 0.5
@@ -39,6 +50,23 @@ def set_requires_grad(nets: Iterable[nn.Module], flag: bool) -> None:
 
 def parameters_of(nets: Iterable[nn.Module]) -> list[nn.Parameter]:
     return [p for net in nets for p in net.parameters()]
+
+
+def segmentation_net_dims(arch: str) -> int:
+    """2 or 3: the dimensions of the registered segmentation network ``arch``."""
+    return segmentation_net_class(arch).dims
+
+
+def archs_of_dims(dims: int) -> tuple[str, ...]:
+    """The registered segmentation networks of ``dims`` dimensions."""
+    return SEGMENTATION_NETS_3D if dims == 3 else SEGMENTATION_NETS_2D
+
+
+def build_segmenter(config: TrainConfig, hint_layers: str = "high", in_channels: int = 1) -> nn.Module:
+    """The configured segmentation network (``model.arch``, width, dropout): every student and teacher."""
+    m = config.model
+    return build_segmentation_net(m.arch, in_channels=in_channels, out_channels=1, base_width=m.seg_base_width,
+                                  hint_layers=hint_layers, dropout=m.dropout)
 
 
 #: networks that ``training.channels_last: auto`` puts in channels_last on CPU: the segmentation nets,
@@ -64,16 +92,58 @@ class Method(abc.ABC):
     """A training method; subclasses fill :attr:`networks` and :attr:`optimizers` in ``__init__``."""
 
     name: ClassVar[str] = "method"
-    batch_kind: ClassVar[str] = "labelled"
+    description: ClassVar[str] = ""
+    batch_kind: ClassVar[BatchKind] = BatchKind.LABELLED_SLICES
+    #: dataclass of the method's own config section (``config.section(name)``), or None
+    config_section: ClassVar[type | None] = None
+    recipe: ClassVar[TestTimeRecipe] = STUDENT
+    #: translation direction -> generator network (``cmedl translate``); empty: no translator
+    translators: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
         #: ``fp32`` or ``bf16``: ``training.precision`` with ``auto`` resolved for this device
         self.precision = resolve_precision(config.training.precision, self.device)
-        self.networks: dict[str, nn.Module] = {}
+        self.networks: dict[str, nn.Module] = self.build_networks(config)
+        self._finish_networks()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.global_step = 0
+
+    # ------------------------------------------------------------------ declarations
+    @classmethod
+    def dims(cls) -> int:
+        """Spatial dimensions of the batches and networks (2 or 3)."""
+        return cls.batch_kind.dims
+
+    @classmethod
+    def config_sections(cls, config: TrainConfig) -> tuple[str, ...]:
+        """Names of the method/translator config sections this method reads with ``config``."""
+        return (cls.name,) if cls.config_section is not None else ()
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """Raise ConfigError for settings this method cannot train with (called when a config is
+        parsed for it). The base checks that ``model.arch`` has the method's dimensions."""
+        from_registry = config.model.arch  # the name itself was checked against the nets registry
+        net_dims = segmentation_net_dims(from_registry)
+        if net_dims != cls.dims():
+            raise ConfigError(
+                f"model.arch: '{from_registry}' is a {net_dims}D network but method '{cls.name}' trains "
+                f"{cls.dims()}D networks (choices: {', '.join(archs_of_dims(cls.dims()))}; e.g. "
+                f"--set model.arch={archs_of_dims(cls.dims())[0]})"
+            )
+
+    @classmethod
+    @abc.abstractmethod
+    def build_networks(cls, config: TrainConfig, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
+        """The method's networks by checkpoint name, initialised from the current torch seed in a fixed
+        order; ``names`` limits them to those (checkpoint loading needs only the test-time ones)."""
+
+    @classmethod
+    def section_of(cls, config: TrainConfig) -> Any:
+        """The method's own config section."""
+        return config.section(cls.name)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -84,13 +154,15 @@ class Method(abc.ABC):
     @property
     def memory_format(self) -> torch.memory_format:
         """Layout of the input batches (and of every network with ``training.channels_last: true``)."""
-        return torch.channels_last if self.config.training.channels_last is True else torch.contiguous_format
+        if self.config.training.channels_last is not True:
+            return torch.contiguous_format
+        return torch.channels_last_3d if self.dims() == 3 else torch.channels_last  # 5D tensors: the 3D layout
 
     def memory_format_of(self, name: str) -> torch.memory_format:
         """Layout of network ``name``: :attr:`memory_format`, or with ``training.channels_last: auto``
         channels_last for the 2D segmentation networks on CPU (see :data:`AUTO_CHANNELS_LAST`)."""
         if self.config.training.channels_last == "auto":
-            auto = self.device.type == "cpu" and name in AUTO_CHANNELS_LAST and getattr(self, "dims", 2) == 2
+            auto = self.device.type == "cpu" and name in AUTO_CHANNELS_LAST and self.dims() == 2
             return torch.channels_last if auto else torch.contiguous_format
         return self.memory_format
 
@@ -139,8 +211,6 @@ class Method(abc.ABC):
 
     def seg_loss(self, logits: torch.Tensor, label: torch.Tensor, sample_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Soft Dice loss with the configured reduction (``loss.dice_reduction``: batch or sample)."""
-        from cmedl.losses import soft_dice_loss
-
         mode = self.config.loss.dice_reduction
         return soft_dice_loss(logits.float(), label, sample_mask=sample_mask,
                               reduction="batch" if mode == "batch" else "mean")
@@ -201,8 +271,6 @@ class Method(abc.ABC):
         """Restore networks, optimisers (if present) and extras; missing networks are an error."""
         missing = sorted(set(self.networks) - set(state.get("networks", {})))
         if missing:
-            from cmedl.errors import InputError
-
             raise InputError(f"checkpoint lacks networks {missing} needed by method '{self.name}'")
         for k, net in self.networks.items():
             net.load_state_dict(state["networks"][k])

@@ -6,35 +6,30 @@ with one Adam optimiser ``s`` (``optim.lr_segmentation``, ``optim.betas_segmenta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from cmedl.methods.base import Method
-from cmedl.training.config import TrainConfig
-
-
-def build_student_net(config: TrainConfig) -> torch.nn.Module:
-    """The configured segmentation network (also used for the CMEDL teacher)."""
-    from cmedl.nets import build_segmentation_net
-
-    m = config.model
-    return build_segmentation_net(
-        m.arch, in_channels=1, out_channels=1, base_width=m.seg_base_width, hint_layers=m.hint_layers,
-        dropout=m.dropout,
-    )
+from cmedl.config import TrainConfig
+from cmedl.data.batches import BatchKind
+from cmedl.methods.base import Method, build_segmenter
 
 
 class CTOnly(Method):
     """Student alone: ``loss = soft_dice(S_CT(x), y)``."""
 
     name: ClassVar[str] = "ct-only"
-    batch_kind: ClassVar[str] = "labelled"
+    description: ClassVar[str] = "the student segmentation network trained alone on labelled CT/CBCT slices"
+    batch_kind: ClassVar[BatchKind] = BatchKind.LABELLED_SLICES
+
+    @classmethod
+    def build_networks(cls, config: TrainConfig, names: Sequence[str] | None = None) -> dict[str, nn.Module]:
+        return {"student_ct": build_segmenter(config)}
 
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(config, device)
-        self.networks["student_ct"] = build_student_net(config)
-        self._finish_networks()
         o = config.optim
         self.optimizers["s"] = self.adam(self.student.parameters(), o.lr_segmentation, o.betas_segmentation)
 

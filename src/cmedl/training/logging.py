@@ -51,7 +51,7 @@ class TensorBoardLogger:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # lazy: TensorBoard (~1 s) only when logging
 
             self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         except Exception as exc:  # noqa: BLE001 - logging must never stop training
@@ -68,7 +68,7 @@ class TensorBoardLogger:
         """Add a saved PNG grid as an image (HWC uint8)."""
         if self.writer is None:
             return
-        import matplotlib.image as mpimg
+        import matplotlib.image as mpimg  # lazy: matplotlib (~0.5 s) only for image grids
 
         img = mpimg.imread(str(png_path))
         if img.dtype != np.uint8:
@@ -93,10 +93,10 @@ def save_image_grid(
     ``images`` maps a column title to ``[B, 1, H, W]`` tensors (images in about [-1, 1], masks in
     {0, 1}); the predicted mask is drawn over the CT with the expert contour for comparison.
     """
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (~0.5 s) only for image grids
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above
 
     names = list(images)
     n = min(max_rows, min(int(v.shape[0]) for v in images.values()))

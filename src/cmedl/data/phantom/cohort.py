@@ -22,13 +22,14 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from cmedl.data.manifest import Case, Manifest, split_by_patient
 from cmedl.data.phantom.anatomy import Anatomy, Grid, TumourInfo, build_anatomy, sample_patient
 from cmedl.data.phantom.cbct import render_cbct
 from cmedl.data.phantom.ct import DEFAULT_TUMOUR_CONTRAST_HU, render_ct
 from cmedl.data.phantom.mri import render_mr
-from cmedl.errors import InputError
+from cmedl.errors import InputError, did_you_mean
 from cmedl.io.volume import Volume, write_volume
 
 MODALITY_CODES = {"ct": 1, "cbct": 2, "mr": 3}
@@ -110,26 +111,14 @@ def generate_case(
             ``(0, 12)``, calibrated; see :func:`cmedl.data.phantom.ct.tumour_offset_hu`).
     """
     if modality not in MODALITY_CODES:
-        from cmedl.errors import did_you_mean
-
         raise InputError(did_you_mean(modality, MODALITY_CODES, "modality"))
     shape = tuple(int(s) for s in shape)
     _check_geometry(shape, spacing, "CT grid")
     _check_geometry(shape, mr_spacing, "MRI grid")
     contrast = _check_contrast(ct_tumour_contrast_hu)
-    ct_sp = tuple(float(s) for s in spacing) if spacing is not None else default_spacing(shape)
     ss = np.random.SeedSequence([int(seed), MODALITY_CODES[modality], int(index)])
     anat_rng, render_rng, grid_rng = (np.random.default_rng(s) for s in ss.spawn(3))
-    if modality == "mr":
-        sp = (
-            tuple(float(s) for s in mr_spacing)
-            if mr_spacing is not None
-            else tuple(c * r for c, r in zip(ct_sp, MR_SPACING_RATIO))
-        )
-        shift = (grid_rng.uniform(-15, 15), grid_rng.uniform(-10, 10), grid_rng.uniform(-10, 10))
-        grid = Grid.centred(shape, sp, shift)  # type: ignore[arg-type]
-    else:
-        grid = Grid.centred(shape, ct_sp)  # type: ignore[arg-type]
+    grid = _case_grid(modality, shape, spacing, mr_spacing, grid_rng)  # type: ignore[arg-type]
     patient = sample_patient(anat_rng)
     anatomy = build_anatomy(patient, grid, anat_rng)
     if modality == "ct":
@@ -140,10 +129,9 @@ def generate_case(
         img = render_mr(anatomy, render_rng)
     image = grid.volume(np.rint(img).astype(np.int16))
     cid = case_id(modality, index)
-    for vol in (image,):
-        vol.meta.update(
-            {"phantom_modality": modality, "phantom_seed": str(seed), "phantom_index": str(index)}
-        )
+    image.meta.update(
+        {"phantom_modality": modality, "phantom_seed": str(seed), "phantom_index": str(index)}
+    )
     case = PhantomCase(
         cid,
         cid,
@@ -156,17 +144,38 @@ def generate_case(
     return (case, anatomy) if return_anatomy else case
 
 
+def _case_grid(
+    modality: str,
+    shape: tuple[int, int, int],
+    spacing: Sequence[float] | None,
+    mr_spacing: Sequence[float] | None,
+    grid_rng: np.random.Generator,
+) -> Grid:
+    """The image grid of a case: CT/CBCT centred on the body axis; MRI on its own spacing with a
+    field of view shifted by a draw from ``grid_rng`` (up to 15 mm)."""
+    ct_sp = tuple(float(s) for s in spacing) if spacing is not None else default_spacing(shape)
+    if modality != "mr":
+        return Grid.centred(shape, ct_sp)  # type: ignore[arg-type]
+    sp = (
+        tuple(float(s) for s in mr_spacing)
+        if mr_spacing is not None
+        else tuple(c * r for c, r in zip(ct_sp, MR_SPACING_RATIO))
+    )
+    shift = (grid_rng.uniform(-15, 15), grid_rng.uniform(-10, 10), grid_rng.uniform(-10, 10))
+    return Grid.centred(shape, sp, shift)  # type: ignore[arg-type]
+
+
 def _init_worker() -> None:
     """Pool worker set-up: one ITK thread per process (the pool provides the parallelism)."""
-    import SimpleITK as sitk
-
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _write_case(args: tuple) -> dict:
     """Worker: generate one case and write ``images/<id>.nii.gz`` and ``labels/<id>.nii.gz``."""
     modality, index, seed, shape, spacing, mr_spacing, out_dir, with_label, contrast = args
-    case = generate_case(modality, index, seed, shape, spacing, mr_spacing, ct_tumour_contrast_hu=contrast)
+    case = generate_case(
+        modality, index, seed, shape, spacing, mr_spacing, ct_tumour_contrast_hu=contrast
+    )
     assert isinstance(case, PhantomCase)
     out = Path(out_dir)
     img_rel = f"images/{case.case_id}.nii.gz"
@@ -221,94 +230,30 @@ def generate_cohort(
             files written by this call are removed (no partial cohort).
     """
     out = Path(out_dir)
-    counts = {"ct": n_ct, "cbct": n_cbct, "mr": n_mr}
-    for mod, n in counts.items():
-        if int(n) != n or n < 0:
-            raise InputError(f"number of {mod} cases must be a non-negative integer, got {n}")
-    total = sum(counts.values())
-    if total == 0:
-        raise InputError("nothing to generate: all case counts are 0")
+    counts = _check_counts(n_ct, n_cbct, n_mr)
     shape = tuple(int(s) for s in shape)
     _check_geometry(shape, spacing, "CT grid")
     _check_geometry(shape, mr_spacing, "MRI grid")
     contrast = _check_contrast(ct_tumour_contrast_hu)
-    if out.exists() and not out.is_dir():
-        raise InputError("exists and is not a folder", out)
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists() and not overwrite:
-        raise InputError(
-            "already holds a manifest.json; choose another folder or pass overwrite", out
-        )
-    out.mkdir(parents=True, exist_ok=True)
-
-    jobs = [
-        (mod, k, int(seed), shape, spacing, mr_spacing, str(out), mod != "mr" or mr_labels, contrast)
-        for mod in ("ct", "cbct", "mr")
-        for k in range(int(counts[mod]))
-    ]
+    manifest_path = _prepare_out_dir(out, overwrite)
+    jobs = _cohort_jobs(counts, seed, shape, spacing, mr_spacing, out, mr_labels, contrast)
     n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(jobs))
     results: dict[str, dict] = {}
     written: list[Path] = []
-
-    bar = None
-    task = None
-    if progress is True:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(
-            TextColumn("phantom cases"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            transient=False,
-        )
-        task = bar.add_task("phantom", total=len(jobs))
-        bar.start()
+    reporter = _ProgressReporter(progress, len(jobs))
 
     def done(res: dict) -> None:
         results[res["id"]] = res
         written.append(out / res["image"])
         if res["label"]:
             written.append(out / res["label"])
-        if bar is not None:
-            bar.advance(task)  # type: ignore[arg-type]
-        elif callable(progress):
-            progress(len(results), len(jobs))
+        reporter.advance(len(results))
 
     try:
-        if n_workers <= 1:
-            for job in jobs:
-                done(_write_case(job))
-        else:
-            with ProcessPoolExecutor(
-                n_workers, mp_context=get_context("spawn"), initializer=_init_worker
-            ) as pool:
-                futures = [pool.submit(_write_case, job) for job in jobs]
-                try:
-                    for fut in as_completed(futures):
-                        done(fut.result())
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+        _run_jobs(jobs, n_workers, done)
         ordered = [results[case_id(j[0], j[1])] for j in jobs]
-        cases = [
-            Case(r["id"], r["patient_id"], r["modality"], r["image"], r["label"]) for r in ordered
-        ]
-        cases = split_by_patient(cases, fractions, seed=int(seed))
-        nz, ny, nx = shape
-        manifest = Manifest(
-            cases,
-            name="phantom",
-            description=(
-                f"synthetic thoracic phantom: {n_ct} CT, {n_cbct} CBCT, {n_mr} T2w MRI (unpaired patients), "
-                f"{nx}x{ny}x{nz} voxels, seed {seed}; labels = tumour masks"
-                + ("" if contrast == DEFAULT_TUMOUR_CONTRAST_HU
-                   else f"; CT tumour contrast {contrast[0]:g}-{contrast[1]:g} HU")
-            ),
-            seed=int(seed),
-        )
+        manifest = _cohort_manifest(ordered, counts, shape, seed, fractions, contrast)
         tumours_path = out / "tumours.json"
         tumours_path.write_text(
             json.dumps({r["id"]: r["tumours"] for r in ordered}, indent=1) + "\n"
@@ -320,6 +265,130 @@ def generate_cohort(
             path.unlink(missing_ok=True)
         raise
     finally:
-        if bar is not None:
-            bar.stop()
+        reporter.stop()
     return manifest_path
+
+
+def _check_counts(n_ct: int, n_cbct: int, n_mr: int) -> dict[str, int]:
+    """Case counts per modality; each a non-negative integer, not all 0."""
+    counts = {"ct": n_ct, "cbct": n_cbct, "mr": n_mr}
+    for mod, n in counts.items():
+        if int(n) != n or n < 0:
+            raise InputError(f"number of {mod} cases must be a non-negative integer, got {n}")
+    if sum(counts.values()) == 0:
+        raise InputError("nothing to generate: all case counts are 0")
+    return counts
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    """Create the cohort folder ``out`` and return its manifest path; refuse a file, or a folder
+    that already holds a manifest unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", out)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists() and not overwrite:
+        raise InputError(
+            "already holds a manifest.json; choose another folder or pass overwrite", out
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return manifest_path
+
+
+def _cohort_jobs(
+    counts: dict[str, int],
+    seed: int,
+    shape: tuple[int, ...],
+    spacing: Sequence[float] | None,
+    mr_spacing: Sequence[float] | None,
+    out: Path,
+    mr_labels: bool,
+    contrast: tuple[float, float],
+) -> list[tuple]:
+    """Arguments of :func:`_write_case` for every case: CT, then CBCT, then MRI, by index."""
+    return [
+        (mod, k, int(seed), shape, spacing, mr_spacing, str(out), mod != "mr" or mr_labels, contrast)
+        for mod in ("ct", "cbct", "mr")
+        for k in range(int(counts[mod]))
+    ]
+
+
+class _ProgressReporter:
+    """Reports finished cases: a rich progress bar (``progress=True``, started at once), a
+    ``progress(done, total)`` callback, or nothing."""
+
+    def __init__(self, progress: bool | Callable[[int, int], None], total: int) -> None:
+        self._callback = progress if callable(progress) else None
+        self._total = total
+        self._bar = None
+        self._task = None
+        if progress is True:
+            # lazy: rich's progress machinery is only needed when a bar is shown
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("phantom cases"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task("phantom", total=total)
+            self._bar.start()
+
+    def advance(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)  # type: ignore[arg-type]
+        elif self._callback is not None:
+            self._callback(done, self._total)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _run_jobs(jobs: list[tuple], n_workers: int, done: Callable[[dict], None]) -> None:
+    """Run :func:`_write_case` on every job, in this process (``n_workers <= 1``) or in a spawned
+    process pool, calling ``done(result)`` as each finishes; on error, cancels pending jobs."""
+    if n_workers <= 1:
+        for job in jobs:
+            done(_write_case(job))
+        return
+    with ProcessPoolExecutor(
+        n_workers, mp_context=get_context("spawn"), initializer=_init_worker
+    ) as pool:
+        futures = [pool.submit(_write_case, job) for job in jobs]
+        try:
+            for fut in as_completed(futures):
+                done(fut.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _cohort_manifest(
+    ordered: list[dict],
+    counts: dict[str, int],
+    shape: tuple[int, ...],
+    seed: int,
+    fractions: tuple[float, float, float],
+    contrast: tuple[float, float],
+) -> Manifest:
+    """The cohort's manifest: the written cases (in job order), split by patient."""
+    cases = [
+        Case(r["id"], r["patient_id"], r["modality"], r["image"], r["label"]) for r in ordered
+    ]
+    cases = split_by_patient(cases, fractions, seed=int(seed))
+    nz, ny, nx = shape
+    return Manifest(
+        cases,
+        name="phantom",
+        description=(
+            f"synthetic thoracic phantom: {counts['ct']} CT, {counts['cbct']} CBCT, "
+            f"{counts['mr']} T2w MRI (unpaired patients), "
+            f"{nx}x{ny}x{nz} voxels, seed {seed}; labels = tumour masks"
+            + ("" if contrast == DEFAULT_TUMOUR_CONTRAST_HU
+               else f"; CT tumour contrast {contrast[0]:g}-{contrast[1]:g} HU")
+        ),
+        seed=int(seed),
+    )

@@ -1,0 +1,42 @@
+"""The kinds of training batch a method can ask for (:class:`BatchKind`).
+
+A method declares one kind; :func:`cmedl.training.data.build_training_data` builds the datasets of
+that kind from the cases :func:`cmedl.data.selection.select_cases` picked. Every kind's tensors are
+float32, labels in {0, 1}:
+
+- ``labelled-slices``: 2D patches of the student modality, ``{"image", "label"}`` ``[B, 1, H, W]``
+  (:class:`cmedl.data.datasets.SliceDataset`).
+- ``unpaired-slices``: a student-modality patch and an MRI patch of *another* patient,
+  ``{"ct", "ct_label", "mr", "mr_label", "mr_has_label"}`` (:class:`cmedl.data.datasets.UnpairedDataset`).
+- ``labelled-patches-3d``: 3D patches ``{"image", "label"}`` ``[B, 1, d, h, w]``
+  (:class:`cmedl.data.datasets3d.PatchDataset3D`).
+
+Adding a kind (e.g. box-annotated volumes for a box-guided teacher) means one member here, its
+case needs in :func:`cmedl.data.selection.select_cases` and its dataset builder in
+:mod:`cmedl.training.data`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class BatchKind(str, Enum):
+    """What one training batch holds; see the module docstring."""
+
+    LABELLED_SLICES = "labelled-slices"
+    UNPAIRED_SLICES = "unpaired-slices"
+    LABELLED_PATCHES_3D = "labelled-patches-3d"
+
+    @property
+    def dims(self) -> int:
+        """Spatial dimensions of the images (2 or 3): the networks trained on them must match."""
+        return 3 if self is BatchKind.LABELLED_PATCHES_3D else 2
+
+    @property
+    def needs_mr(self) -> bool:
+        """Whether the batches hold MRI of other patients (the teacher's modality)."""
+        return self is BatchKind.UNPAIRED_SLICES
+
+    def __str__(self) -> str:
+        return self.value

@@ -1,0 +1,81 @@
+"""Which cases feed training: :func:`select_cases`, the one place that picks them.
+
+The student (CT or CBCT) trains on the labelled cases of the ``train`` split of its manifest and is
+validated on the labelled cases of its ``val`` split. Methods that need MRI (``BatchKind.needs_mr``)
+take it from ``mr_manifest`` when given (``cmedl train --mr-data``), else from the MRI cases of the
+student's manifest: the ``train`` split of that manifest, or every MRI case when none is in the
+``train`` split (a separate MRI set is often unsplit). MRI must come from other patients than the student's
+cases (CMEDL is unpaired); labelled and unlabelled MRI are both used (the teacher's real-MRI loss
+skips the unlabelled ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmedl.data.manifest import Case, Manifest
+from cmedl.errors import InputError
+
+
+@dataclass
+class CaseSelection:
+    """The cases of one training run, with the manifests they come from."""
+
+    manifest: Manifest
+    train: list[Case]
+    val: list[Case]
+    mr_manifest: Manifest | None = None
+    mr_train: list[Case] = field(default_factory=list)
+
+
+def check_disjoint_patients(student_ids: set[str] | list[str], mr_ids: set[str] | list[str], modality: str = "ct",
+                            where: str | Path | None = None) -> None:
+    """Unpaired training needs MRI of other patients: InputError listing shared patient ids otherwise."""
+    shared = sorted(set(student_ids) & set(mr_ids))
+    if shared:
+        more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+        raise InputError(f"MRI and {modality} cases share patients {', '.join(shared[:5])}{more}; unpaired training "
+                         "needs MRI of other patients", where)
+
+
+def as_manifest(manifest: Manifest | str | Path) -> Manifest:
+    """A loaded manifest, or the one at ``manifest`` (a file or its folder)."""
+    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+
+
+def _labelled(manifest: Manifest, split: str, modality: str) -> list[Case]:
+    cases = manifest.select(split=split, modality=modality, labelled=True)
+    if not cases:
+        raise InputError(f"no labelled {modality} cases in split '{split}'", manifest.root / "manifest.json")
+    return cases
+
+
+def select_mr(student_cases: list[Case], manifest: Manifest, mr_manifest: Manifest | None,
+              modality: str) -> tuple[Manifest, list[Case]]:
+    """The MRI training cases (see the module docstring) and the manifest they belong to."""
+    source = mr_manifest if mr_manifest is not None else manifest
+    mr_cases = source.select(modality="mr")
+    where = source.root / "manifest.json"
+    if not mr_cases:
+        raise InputError("no mr cases for the teacher (add MRI to the manifest or give --mr-data)", where)
+    check_disjoint_patients([c.patient_id for c in student_cases], [c.patient_id for c in mr_cases], modality, where)
+    return source, [c for c in mr_cases if c.split == "train"] or mr_cases
+
+
+def select_cases(manifest: Manifest | str | Path, mr_manifest: Manifest | str | Path | None, modality: str,
+                 needs_mr: bool) -> CaseSelection:
+    """Pick the training, validation and (``needs_mr``) MRI cases; every check runs before any image
+    is read. Raises :class:`InputError` naming the manifest for a missing modality, split or MRI, or
+    MRI of the student's patients."""
+    manifest = as_manifest(manifest)
+    mr = as_manifest(mr_manifest) if mr_manifest is not None else None
+    student_cases = manifest.select(modality=modality)
+    if not student_cases:
+        raise InputError(f"no {modality} cases (data.modality is '{modality}')", manifest.root / "manifest.json")
+    mr_source, mr_train = select_mr(student_cases, manifest, mr, modality) if needs_mr else (None, [])
+    return CaseSelection(manifest, _labelled(manifest, "train", modality), _labelled(manifest, "val", modality),
+                         mr_source, mr_train)
+
+
+__all__ = ["CaseSelection", "as_manifest", "check_disjoint_patients", "select_cases", "select_mr"]

@@ -1,0 +1,123 @@
+"""The datasets and loaders of a training run, by the method's batch kind.
+
+:func:`build_training_data` reads the cases :func:`cmedl.data.selection.select_cases` picked (the one
+case-selection path), preprocesses them once (:class:`~cmedl.data.datasets.VolumeCache`) and builds
+the training dataset of the method's :class:`~cmedl.data.batches.BatchKind`, the fixed validation
+patches and the whole validation volumes. Item ``i`` of epoch ``e`` is drawn from ``(seed, e, i)``,
+so batches do not depend on the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cmedl.config import TrainConfig
+from cmedl.data.augment import AugmentConfig
+from cmedl.data.batches import BatchKind
+from cmedl.data.datasets import SliceDataset, UnpairedDataset, VolumeCache
+from cmedl.data.datasets3d import PatchDataset3D
+from cmedl.data.manifest import Manifest
+from cmedl.data.preprocess import PreprocessConfig
+from cmedl.data.selection import CaseSelection, select_cases
+
+#: offset of the validation patches' seed from the training seed
+VAL_SEED_OFFSET = 7919
+
+
+@dataclass
+class TrainingData:
+    """Everything a run reads: the training dataset of the method's batch kind, the fixed validation
+    patches (``training.validation=patches``; the image grid in both modes), the preprocessed
+    validation volumes (``volumes``) and the preprocessing (stored in checkpoints)."""
+
+    train: Any
+    val: Any
+    val_cache: VolumeCache
+    student_pp: PreprocessConfig
+    mr_pp: PreprocessConfig | None
+
+
+def _slices(config: TrainConfig, selection: CaseSelection, pp: PreprocessConfig, augment: AugmentConfig | None,
+            progress: bool) -> tuple[SliceDataset, SliceDataset, VolumeCache]:
+    d, seed, patch = config.data, config.training.seed, (config.data.patch_size, config.data.patch_size)
+    train = SliceDataset(VolumeCache.load(selection.manifest, selection.train, pp, workers=2, progress=progress),
+                         patch, d.tumour_fraction, d.samples_per_epoch, augment or False, seed)
+    val_cache = VolumeCache.load(selection.manifest, selection.val, pp, workers=2, progress=progress)
+    val = SliceDataset(val_cache, patch, 0.5, d.val_samples, False, seed + VAL_SEED_OFFSET)
+    return train, val, val_cache
+
+
+def _labelled_slices(config: TrainConfig, selection: CaseSelection, progress: bool) -> TrainingData:
+    student_pp, _ = config.preprocess_configs()
+    train, val, val_cache = _slices(config, selection, student_pp, config.augmentation.augment_config(), progress)
+    return TrainingData(train, val, val_cache, student_pp, None)
+
+
+def _unpaired_slices(config: TrainConfig, selection: CaseSelection, progress: bool) -> TrainingData:
+    student_pp, mr_pp = config.preprocess_configs()
+    augment = config.augmentation.augment_config()
+    train_ct, val, val_cache = _slices(config, selection, student_pp, augment, progress)
+    assert selection.mr_manifest is not None
+    mr_cache = VolumeCache.load(selection.mr_manifest, selection.mr_train, mr_pp, workers=2, progress=progress)
+    patch = (config.data.patch_size, config.data.patch_size)
+    seed = config.training.seed
+    train_mr = SliceDataset(mr_cache, patch, config.data.tumour_fraction, None, augment or False, seed + 1)
+    return TrainingData(UnpairedDataset(train_ct, train_mr, seed=seed), val, val_cache, student_pp, mr_pp)
+
+
+def _labelled_patches_3d(config: TrainConfig, selection: CaseSelection, progress: bool) -> TrainingData:
+    d, seed = config.data, config.training.seed
+    student_pp, _ = config.preprocess_configs()
+    augment = config.augmentation.augment_config()
+    flip = augment.flip_prob if augment is not None else 0.0  # 3D patches: random flips of every axis only
+    cache = VolumeCache.load(selection.manifest, selection.train, student_pp, workers=2, progress=progress)
+    train = PatchDataset3D(cache, d.patch_size_3d, d.tumour_fraction, d.samples_per_epoch, flip, seed=seed)
+    val_cache = VolumeCache.load(selection.manifest, selection.val, student_pp, workers=2, progress=progress)
+    val = PatchDataset3D(val_cache, d.patch_size_3d, 0.5, d.val_samples, 0.0, seed=seed + VAL_SEED_OFFSET)
+    return TrainingData(train, val, val_cache, student_pp, None)
+
+
+#: dataset builder of each batch kind
+BUILDERS: dict[BatchKind, Callable[[TrainConfig, CaseSelection, bool], TrainingData]] = {
+    BatchKind.LABELLED_SLICES: _labelled_slices,
+    BatchKind.UNPAIRED_SLICES: _unpaired_slices,
+    BatchKind.LABELLED_PATCHES_3D: _labelled_patches_3d,
+}
+
+
+def build_training_data(config: TrainConfig, batch_kind: BatchKind, manifest: Manifest | str | Path,
+                        mr_manifest: Manifest | str | Path | None = None, progress: bool = False) -> TrainingData:
+    """Select the cases (every check before any image is read) and build the datasets of ``batch_kind``."""
+    selection = select_cases(manifest, mr_manifest, config.data.modality, batch_kind.needs_mr)
+    return BUILDERS[batch_kind](config, selection, progress)
+
+
+# ------------------------------------------------------------------------------ loaders
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: numpy/python seeds from the worker's torch seed, so any library RNG use
+    inside workers is reproducible too (the datasets themselves are stateless)."""
+    s = torch.initial_seed() % (2**32)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def make_loader(dataset: Dataset, config: TrainConfig, epoch: int, device: torch.device, drop_last: bool) -> DataLoader:
+    """A DataLoader over ``dataset`` in index order (the datasets draw their own samples), seeded by epoch."""
+    g = torch.Generator().manual_seed(config.training.seed * 100003 + epoch)
+    n = config.data.num_workers
+    return DataLoader(
+        dataset, batch_size=config.training.batch_size, shuffle=False, drop_last=drop_last, num_workers=n,
+        worker_init_fn=seed_worker if n > 0 else None, generator=g, collate_fn=torch.utils.data.default_collate,
+        pin_memory=device.type == "cuda",
+    )
+
+
+__all__ = ["BUILDERS", "TrainingData", "build_training_data", "make_loader", "seed_worker"]
