@@ -89,7 +89,8 @@ def _match_state_layouts(opt: torch.optim.Optimizer) -> None:
 
 
 class Method(abc.ABC):
-    """A training method; subclasses fill :attr:`networks` and :attr:`optimizers` in ``__init__``."""
+    """A training method: :attr:`networks` come from :meth:`build_networks`; subclasses add their
+    :attr:`optimizers` in ``__init__`` after calling ``super().__init__``."""
 
     name: ClassVar[str] = "method"
     description: ClassVar[str] = ""
@@ -125,11 +126,11 @@ class Method(abc.ABC):
     def check_config(cls, config: TrainConfig) -> None:
         """Raise ConfigError for settings this method cannot train with (called when a config is
         parsed for it). The base checks that ``model.arch`` has the method's dimensions."""
-        from_registry = config.model.arch  # the name itself was checked against the nets registry
-        net_dims = segmentation_net_dims(from_registry)
+        arch = config.model.arch
+        net_dims = segmentation_net_dims(arch)
         if net_dims != cls.dims():
             raise ConfigError(
-                f"model.arch: '{from_registry}' is a {net_dims}D network but method '{cls.name}' trains "
+                f"model.arch: '{arch}' is a {net_dims}D network but method '{cls.name}' trains "
                 f"{cls.dims()}D networks (choices: {', '.join(archs_of_dims(cls.dims()))}; e.g. "
                 f"--set model.arch={archs_of_dims(cls.dims())[0]})"
             )
@@ -148,7 +149,8 @@ class Method(abc.ABC):
     # ------------------------------------------------------------------ helpers
     @property
     def student(self) -> nn.Module:
-        """The CT/CBCT segmentation network (the only one used at test time)."""
+        """The CT/CBCT segmentation network validated after every epoch (at test time the method's
+        :attr:`recipe` says what runs; for most methods, this network alone)."""
         return self.networks["student_ct"]
 
     @property
