@@ -80,7 +80,7 @@ def test_import_writes_image_label_and_manifest(tmp_path, dicom_case):
             "split": "train",
         }
     ]
-    # re-import as CBCT under the same id replaces the entry; another id is added
+    # re-import as CBCT under the same id (--replace) replaces the entry; another id is added
     res = _run(
         "data",
         "import",
@@ -93,8 +93,10 @@ def test_import_writes_image_label_and_manifest(tmp_path, dicom_case):
         "cbct",
         "--patient-id",
         "P9",
+        "--replace",
     )
     assert res.exit_code == 0, res.output
+    assert not (out / "labels" / "case_01.nii.gz").exists()  # the replaced case's label went with it
     res = _run(
         "data", "import", ct_dir, "--out", out, "--id", "case_02", "--rtstruct", rs, "--roi", "GTV"
     )
@@ -149,7 +151,7 @@ def test_import_to_manifest_elsewhere_uses_relative_paths(tmp_path, dicom_case):
     [
         ("GTVV", "unknown ROI 'GTVV'; did you mean 'GTV'?"),
         ("empty", "'empty' is empty"),
-        ("far", "rasterises to an empty mask"),
+        ("far", "ROI 'far': a contour lies at slice position 40.00, outside the image's slices 0-5"),
     ],
 )
 def test_import_errors_leave_no_output(tmp_path, dicom_case, roi, message):

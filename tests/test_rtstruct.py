@@ -80,7 +80,9 @@ def test_contours_between_slices_go_to_the_nearest_slice(tmp_path):
     for name, k in (("a", 1), ("b", 2), ("c", 3)):
         m = rasterize_roi(rs, name, vol)
         assert m[k].sum() == 4 and m.sum() == 4, name
-    assert rasterize_roi(rs, "outside", vol).sum() == 0  # beyond the outer slices: dropped
+    # more than half a slice beyond the outer slices: refused, not silently dropped
+    with pytest.raises(InputError, match="ROI 'outside': a contour lies at slice position 4.60, outside"):
+        rasterize_roi(rs, "outside", vol)
 
 
 def test_overlapping_contours_on_one_slice_xor_and_separate_islands(tmp_path):

@@ -67,7 +67,7 @@ def test_selection_errors_name_the_manifest(cohorts: dict[str, Path]) -> None:
         select_cases(cohorts["ct"], cohorts["same"], "ct", needs_mr=True)
     with pytest.raises(InputError, match=r"mr/manifest.json: no cbct cases"):
         select_cases(cohorts["mr"], None, "cbct", needs_mr=False)
-    with pytest.raises(InputError, match=r"manifest.json: no mr cases for the teacher"):
+    with pytest.raises(InputError, match=r"ct_only.json: no mr cases for the teacher"):
         select_cases(_only_ct(cohorts), None, "ct", needs_mr=True)
 
 

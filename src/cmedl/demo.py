@@ -12,6 +12,12 @@ Steps (each writes under ``out_dir``):
 7. ``demo_slices.png`` test slices: CT, pMRI, expert contour and both methods' contours.
 
 The test split is used only in steps 4-7; training uses train (and val for early stopping).
+
+Everything that can be checked is checked before step 1: the method names, the configuration of every
+method (preset, overrides, ``--arch``) and the output folder (:func:`cmedl.io.outputs.check_output_folder`:
+not a file, writable). A folder whose earlier demo stopped before producing anything (no phantom
+manifest, no run) takes the new parameters; one with results refuses other parameters (stale results).
+A failed write (disk full) is one error line naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmedl.config import TrainConfig
 from cmedl.data.manifest import Case, Manifest
 from cmedl.data.phantom import generate_cohort
 from cmedl.errors import InputError
@@ -33,6 +40,7 @@ from cmedl.evaluation.evaluate import evaluate_folders, format_text_table, write
 from cmedl.inference.segment import segment_files
 from cmedl.inference.translate import translate_volume
 from cmedl.io import atomic_path, read_volume
+from cmedl.io.outputs import check_output_folder, writing
 from cmedl.methods import build_generator_from_checkpoint, get_method, load_config
 from cmedl.training import load_checkpoint, train
 
@@ -82,8 +90,11 @@ def run_demo(
     if len(methods) < 2:
         raise InputError(f"the demo compares at least two methods, got {list(methods)}")
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    base = [f"training.seed={seed}", *(overrides or []), *([f"model.arch={arch}"] if arch else [])]
+    configs = {m: load_config(config, [*base, f"training.method={m}"]) for m in methods}  # all before any work
+    out = check_output_folder(out_dir, inputs=[config] if Path(config).is_file() else [])
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     _check_demo_parameters(out / "demo.json", {
         "config": str(config), "n_ct": n_ct, "n_mr": n_mr, "shape_zyx": list(shape), "seed": seed,
         "overrides": list(overrides or []), "arch": arch, **({} if tuple(methods) == DEMO_METHODS else
@@ -91,8 +102,7 @@ def run_demo(
     })
     steps = len(methods) + 3
     manifest, test_cases = _phantom_cohort(out, n_ct, n_mr, shape, seed, progress, steps, log)
-    base = [f"training.seed={seed}", *(overrides or []), *([f"model.arch={arch}"] if arch else [])]
-    checkpoints, tau = _train_methods(out, manifest, config, base, methods, log)
+    checkpoints, tau = _train_methods(out, manifest, config, configs, log)
     log(f"[{steps - 1}/{steps}] segmenting {len(test_cases)} test CTs with each method and evaluating "
         f"(tau = {tau} mm)")
     comparison = _segment_and_compare(out, manifest, test_cases, checkpoints, tau)
@@ -131,14 +141,14 @@ def _phantom_cohort(out: Path, n_ct: int, n_mr: int, shape: tuple[int, int, int]
     return manifest, test_cases
 
 
-def _train_methods(out: Path, manifest: Manifest, config: str, base: list[str], methods: Sequence[str],
+def _train_methods(out: Path, manifest: Manifest, config: str, configs: dict[str, TrainConfig],
                    log: Callable[[str], None]) -> tuple[dict[str, Path], float]:
-    """Steps 2..: train (or resume, or reuse) each method; returns best checkpoints and the surface tolerance."""
+    """Steps 2..: train (or resume, or reuse) each method with its (validated) config; returns best
+    checkpoints and the surface tolerance."""
     checkpoints: dict[str, Path] = {}
     tau = 2.0
-    steps = len(methods) + 3
-    for k, method in enumerate(methods, start=2):
-        cfg = load_config(config, [*base, f"training.method={method}"])
+    steps = len(configs) + 3
+    for k, (method, cfg) in enumerate(configs.items(), start=2):
         tau = cfg.evaluation.surface_tolerance_mm
         run_dir = out / method
         done = run_dir / "best.pt"
@@ -147,8 +157,8 @@ def _train_methods(out: Path, manifest: Manifest, config: str, base: list[str], 
         else:
             resume = (run_dir / "last.pt").exists()
             log(f"[{k}/{steps}] training {method} ({config}){' - resuming' if resume else ''}")
-            result = train(cfg, manifest.root / "manifest.json", None, run_dir, resume=resume)
-            with atomic_path(run_dir / "DONE") as tmp:
+            result = train(cfg, manifest, None, run_dir, resume=resume)
+            with writing(run_dir / "DONE"), atomic_path(run_dir / "DONE") as tmp:
                 tmp.write_text(f"best epoch {result.best_epoch}, {result.seconds:.0f} s\n")
             log(f"      {method}: {result.epochs} epochs in {result.seconds:.0f} s, best val Dice "
                 f"{result.best_val_dice:.3f}")
@@ -162,20 +172,31 @@ def _segment_and_compare(out: Path, manifest: Manifest, test_cases: list[Case], 
     csvs = []
     inputs = [manifest.image_path(c) for c in test_cases]
     # references: the labelled CT test cases only (the manifest also lists the MRI cohort)
-    ref_manifest = Manifest(test_cases, name="phantom-ct-test", seed=manifest.seed).save(out / "phantom" / "test_ct.json")
+    with writing(out / "phantom" / "test_ct.json"):
+        ref_manifest = Manifest(test_cases, name="phantom-ct-test", seed=manifest.seed).save(
+            out / "phantom" / "test_ct.json")
     for method, ckpt in checkpoints.items():
         pred_dir = out / method / "pred"
         segment_files(ckpt, inputs, pred_dir, largest_component=False, progress=False)
         rows = evaluate_folders(pred_dir, ref_manifest, tolerance_mm=tau)
-        csvs.append(write_results_csv(rows, out / f"{method}.csv"))
+        with writing(out / f"{method}.csv"):
+            csvs.append(write_results_csv(rows, out / f"{method}.csv"))
     comparison = compare_results(csvs, metric="dsc", names=list(checkpoints))
-    _write_comparison(comparison, out / "comparison.csv")
+    with writing(out / "comparison.csv"):
+        _write_comparison(comparison, out / "comparison.csv")
     return comparison
 
 
+def _has_results(out: Path) -> bool:
+    """Whether an earlier demo in ``out`` produced anything that other parameters would make stale."""
+    return (out / "phantom" / "manifest.json").exists() or any(
+        (d / "last.pt").exists() or (d / "best.pt").exists() for d in out.iterdir() if d.is_dir())
+
+
 def _check_demo_parameters(path: Path, params: dict) -> None:
-    """Record the demo's parameters; refuse to reuse a folder made with other ones (stale results)."""
-    if path.exists():
+    """Record the demo's parameters; refuse to reuse a folder made with other ones (stale results), unless
+    the earlier demo stopped before producing anything."""
+    if path.exists() and _has_results(path.parent):
         try:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
@@ -187,7 +208,7 @@ def _check_demo_parameters(path: Path, params: dict) -> None:
                 "use a new --out folder or delete this one", path.parent,
             )
         return
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         tmp.write_text(json.dumps(params, indent=2) + "\n")
 
 

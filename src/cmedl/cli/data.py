@@ -52,6 +52,18 @@ def import_cmd(
         Path | None,
         typer.Option("--manifest", help="Manifest to update (default OUT/manifest.json)."),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Replace the case --id if it exists (its image, label and entry)."),
+    ] = False,
+    no_reference_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-reference-check",
+            help="Rasterise the RTSTRUCT even if its frame of reference is not the series' "
+            "(only when you know the contours fit this image).",
+        ),
+    ] = False,
 ) -> None:
     """Import a DICOM series (+ an RTSTRUCT ROI as label) as NIfTI and add it to a manifest."""
     case = import_dicom_case(
@@ -64,6 +76,8 @@ def import_cmd(
         modality=modality,
         series_uid=series_uid,
         manifest=manifest,
+        replace=replace,
+        check_reference=not no_reference_check,
     )
     label = f", label {case.label}" if case.label else ""
     console.print(
@@ -123,9 +137,13 @@ def info_cmd(
     path: Annotated[
         Path, typer.Argument(help="Image file, DICOM folder, RTSTRUCT file or manifest JSON.")
     ],
+    series_uid: Annotated[
+        str | None,
+        typer.Option("--series-uid", help="SeriesInstanceUID to describe if the folder has several."),
+    ] = None,
 ) -> None:
     """Show geometry and intensities of an image, the ROIs of an RTSTRUCT, or manifest counts."""
-    _print_info(describe_path(path))
+    _print_info(describe_path(path, series_uid=series_uid))
 
 
 @data_app.command("split")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -38,6 +39,7 @@ def evaluate_cmd(
     rows = evaluate_folders(
         pred, ref, out, tolerance_mm=tolerance_mm, modality=modality, label=label,
         resample_pred=resample_pred, split=split, overlap=overlap, workers=workers, progress=True,
+        warn=lambda msg: print(f"warning: {msg}", file=sys.stderr),
     )
     table = Table(title=f"{len(rows)} cases: {pred} vs {ref}", title_justify="left")
     table.add_column("metric")
@@ -59,7 +61,7 @@ def compare_cmd(
     """Compare methods on their common cases (Wilcoxon, Holm-Bonferroni), like the papers' tables."""
     from cmedl.evaluation.compare import compare_results  # lazy: fast `cmedl --help`
 
-    comp = compare_results(results, metric=metric)
+    comp = compare_results(results, metric=metric, out=out)
     headers = comp.headers()
     table = Table(title_justify="left")
     for i, h in enumerate(headers):
@@ -69,5 +71,4 @@ def compare_cmd(
     console.print(table)
     console.print(comp.to_text().splitlines()[-1], highlight=False, soft_wrap=True)
     if out is not None:
-        comp.write_csv(out)
         console.print(f"table: {out}", highlight=False, soft_wrap=True)

@@ -1,4 +1,8 @@
-"""``cmedl segment`` and ``cmedl translate``: thin wrappers over :mod:`cmedl.inference`."""
+"""``cmedl segment`` and ``cmedl translate``: thin wrappers over :mod:`cmedl.inference`.
+
+With several inputs a failing case is reported on stderr (``error: <input>: <reason>``) and the next one
+goes on; the command then exits 1 with a last line saying how many failed.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +66,13 @@ def segment_cmd(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the MC-dropout masks.")] = 0,
+    allow_modality_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-modality-mismatch",
+            help="Segment inputs whose intensities do not look like the model's modality (e.g. no HU).",
+        ),
+    ] = False,
 ) -> None:
     """Segment lung tumours with the student network of a checkpoint; masks keep the input geometry."""
     from cmedl.inference.segment import segment_files  # lazy: `cmedl --help` under 1 s (torch: ~8 s)
@@ -79,6 +90,7 @@ def segment_cmd(
         amp_bf16=bf16,
         mc_dropout_samples=mc_dropout,
         seed=seed,
+        allow_modality_mismatch=allow_modality_mismatch,
     )
     console.print(f"wrote {len(written)} mask(s) to {out}", highlight=False, soft_wrap=True)
 
@@ -112,6 +124,13 @@ def translate_cmd(
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
     bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast.")] = False,
+    allow_modality_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-modality-mismatch",
+            help="Translate inputs whose intensities do not look like the generator's input modality.",
+        ),
+    ] = False,
 ) -> None:
     """Translate CT/CBCT volumes to pseudo-MRI (or MRI to pseudo-CT) with a CMEDL checkpoint's generator."""
     from cmedl.inference.translate import translate_files  # lazy: as above
@@ -125,5 +144,6 @@ def translate_cmd(
         batch_size=batch_size,
         device=device,
         amp_bf16=bf16,
+        allow_modality_mismatch=allow_modality_mismatch,
     )
     console.print(f"wrote {len(written)} volume(s) to {out}", highlight=False, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from cmedl.errors import InputError
 
 
 def _triple(text: str | None, what: str, cast: type) -> tuple | None:
-    """Parse ``AxBxC`` (or ``A,B,C``) into a tuple of three numbers, or None."""
+    """Parse ``AxBxC`` (or ``A,B,C``) into a tuple of three finite positive numbers, or None."""
     if text is None:
         return None
     parts = text.lower().replace(",", "x").split("x")
@@ -23,6 +24,8 @@ def _triple(text: str | None, what: str, cast: type) -> tuple | None:
         vals = ()
     if len(vals) != 3:
         raise InputError(f"--{what} must look like 128x128x48 (x, y, z), got '{text}'")
+    if not all(math.isfinite(v) and v > 0 for v in vals):
+        raise InputError(f"--{what} must be three finite positive numbers (x, y, z), got '{text}'")
     return vals
 
 
@@ -91,8 +94,11 @@ def phantom(
 ) -> None:
     """Synthesise a thoracic phantom cohort (CT in HU, CBCT with artefacts, T2w MRI) with tumour masks."""
     from cmedl.data.phantom import generate_cohort  # lazy: fast `cmedl --help`
+    from cmedl.data.phantom.cohort import MAX_VOXELS  # lazy: as above
 
     nx, ny, nz = _triple(size, "size", int)  # type: ignore[misc]
+    if nx * ny * nz > MAX_VOXELS:
+        raise InputError(f"--size {size} is {nx * ny * nz:.3g} voxels per image; at most {MAX_VOXELS} (2**31)")
     path = generate_cohort(
         out,
         ct,

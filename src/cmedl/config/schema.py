@@ -9,7 +9,9 @@ YAML file whose ``extends:`` names a preset or another file; :func:`apply_overri
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -68,9 +70,12 @@ def _coerce_scalar(value: Any, tp: Any, key: str, source: Source) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}", source)
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}", source) from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}", source)
+        return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{key}: expected a string, got {value!r}", source)
@@ -149,7 +154,14 @@ def _in_section(exc: ConfigError, key: str, names: list[str], source: Source) ->
 
 
 def recheck_section(section: Any, key: str, source: Source = None) -> None:
-    """Run a built section's own checks again (values set in code after it was built)."""
+    """Run a built section's own checks again (values set in code after it was built), refusing
+    non-finite numbers as :func:`coerce` does."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        for i, v in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                where = f"{f.name}[{i}]" if isinstance(value, (list, tuple)) else f.name
+                raise ConfigError(f"{key}.{where}: must be a finite number, got {v!r}", source)
     check = getattr(section, "__post_init__", None)
     if check is None:
         return
@@ -214,6 +226,8 @@ def read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
         raise ConfigError(f"not valid YAML{where}", path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read ({exc.strerror})", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file (not UTF-8); a config must be a YAML file", path) from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a YAML mapping", path)
@@ -239,8 +253,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str] | None) -> dict[str, Any]:
-    """A copy of the nested dict ``raw`` with every ``a.b=value`` override set."""
-    out = deep_merge({}, raw)
+    """A copy of the nested dict ``raw`` with every ``a.b=value`` override set (``raw`` is unchanged)."""
+    out = copy.deepcopy(dict(raw))
     for text in overrides or []:
         parts, value = parse_override(text)
         node = out

@@ -181,6 +181,8 @@ class TrainingConfig:
         check_positive("max_epochs", self.max_epochs)
         check_positive("patience", self.patience)
         check_positive("log_every", self.log_every)
+        if not 0 <= self.seed < 2**63:  # numpy and torch seeds are non-negative 64-bit integers
+            raise ConfigError(f"seed: must be >= 0 (and below 2**63), got {self.seed}")
         check_choice("validation", self.validation, VALIDATION_MODES)
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)

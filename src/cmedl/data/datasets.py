@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ from cmedl.data.preprocess import (
     prepare_volume,
 )
 from cmedl.errors import InputError
-from cmedl.io.volume import check_same_geometry, read_volume
+from cmedl.io.volume import Volume, check_same_geometry, read_volume
 
 #: Golden-ratio fraction: ``frac(offset + i * PHI)`` is a low-discrepancy sequence, so marking
 #: index ``i`` as a tumour sample when it is below ``tumour_fraction`` gives the requested share
@@ -75,22 +76,32 @@ class CachedCase:
 
 
 def load_case(manifest: Manifest, case: Case, preprocess: PreprocessConfig) -> CachedCase:
-    """Read and prepare one manifest case (image and, if any, label; labels binarised ``> 0``)."""
+    """Read and prepare one manifest case (image and, if any, label: 0/1 only, on the image grid)."""
+    image_path, label_path = manifest.image_path(case), manifest.label_path(case)
     if case.modality != preprocess.modality:
         raise InputError(
-            f"case '{case.id}' is {case.modality} but the preprocessing is for {preprocess.modality}",
-            manifest.image_path(case),
+            f"case '{case.id}' is {case.modality} but the preprocessing is for {preprocess.modality}", image_path
         )
-    image_path = manifest.image_path(case)
     image = read_volume(image_path)
-    prepared = prepare_volume(image, preprocess)
-    label = None
-    label_path = manifest.label_path(case)
-    if label_path is not None:
-        label_vol = read_volume(label_path)
+    label_vol = None if label_path is None else read_volume(label_path)
+    if label_vol is not None:
         check_same_geometry(image, label_vol, image_path, label_path)
-        label = (prepare_label(label_vol.array > 0, prepared)).astype(np.uint8)
+        check_binary_label(label_vol, label_path)  # type: ignore[arg-type]
+    prepared = prepare_volume(image, preprocess)
+    label = None if label_vol is None else prepare_label(label_vol.array > 0, prepared).astype(np.uint8)
     return CachedCase(case.id, case.patient_id, case.modality, prepared, label)
+
+
+def check_binary_label(label: Volume, path: Path) -> None:
+    """A training label holds 0 and 1 only (the rule of ``cmedl evaluate``'s masks): a CT image, a
+    multi-label map or a mask with NaN voxels given as a label is an InputError naming ``path``."""
+    if label.meta.get("has_nonfinite") == "1":
+        raise InputError("label contains NaN or infinite voxels; a label must hold 0 and 1 only", path)
+    arr = label.array
+    bad = (arr != 0) & (arr != 1)
+    if bad.any():
+        shown = ", ".join(f"{v:g}" for v in np.unique(arr[bad]).astype(np.float64)[:6])
+        raise InputError(f"label is not binary (values {shown} besides 0 and 1); a label must hold 0 and 1 only", path)
 
 
 class VolumeCache:
@@ -113,13 +124,8 @@ class VolumeCache:
         """Read and prepare ``cases`` of ``manifest`` (``workers`` threads; SimpleITK I/O, resampling
         and numpy release the GIL), with an optional tqdm progress bar. Order is kept."""
         if not cases:
-            raise InputError("no cases selected", manifest.root / "manifest.json")
-        bar = tqdm(
-            total=len(cases),
-            desc=f"loading {preprocess.modality}",
-            unit="case",
-            disable=not progress,
-        )
+            raise InputError("no cases selected", manifest.source)
+        bar = tqdm(total=len(cases), desc=f"loading {preprocess.modality}", unit="case", disable=not progress)
         try:
             if workers <= 1:
                 loaded = []

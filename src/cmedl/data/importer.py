@@ -55,14 +55,16 @@ def import_dicom_case(
     modality: str | None = None,
     series_uid: str | None = None,
     manifest: str | Path | None = None,
+    replace: bool = False,
+    check_reference: bool = True,
 ) -> Case:
     """Import one DICOM series (and optionally an RTSTRUCT ROI as its label) into a data set.
 
     Args:
         dicom_dir: folder holding the image series (see :func:`cmedl.io.dicom.read_dicom_series`).
         out_dir: data set folder; writes ``images/<case_id>.nii.gz`` and ``labels/<case_id>.nii.gz``.
-        case_id: case identifier (letters, digits, ``._-``); an existing case with this id in the
-            manifest is replaced (it keeps its split).
+        case_id: case identifier (letters, digits, ``._-``); an id already in the manifest (or
+            whose image file exists) is an error unless ``replace``.
         rtstruct: RTSTRUCT file whose ROI becomes the label (uint8 0/1, same grid as the image).
         roi: ROI name; may be omitted when the RTSTRUCT has exactly one ROI.
         patient_id: defaults to the DICOM PatientID, else ``case_id``.
@@ -71,25 +73,30 @@ def import_dicom_case(
         series_uid: SeriesInstanceUID when the folder holds several series.
         manifest: manifest JSON to update (created if missing); default ``<out_dir>/manifest.json``.
             Case paths are stored relative to the manifest's folder.
+        replace: replace the case ``case_id`` (its entry, image and label; it keeps its split). Its
+            old label file is removed when the new import has no label.
+        check_reference: refuse an RTSTRUCT drawn in another frame of reference (see
+            :func:`cmedl.io.rtstruct.rasterize_roi`).
 
     Returns:
         The Case written to the manifest.
 
     Raises:
-        InputError: bad id/modality/ROI, unreadable DICOM, an ROI that rasterises to an empty
-            mask. Nothing is written then (no image without its mask, no manifest change).
+        InputError: bad id/modality/ROI, an existing case without ``replace``, unreadable DICOM,
+            an ROI that rasterises to an empty mask. Nothing is written then (no image without its
+            mask, no manifest change).
     """
     modality = _check_import_args(case_id, modality, rtstruct, roi)
     out_dir = Path(out_dir)
     manifest_path, man = _load_or_new_manifest(manifest, out_dir)
+    image_path = out_dir / "images" / f"{case_id}.nii.gz"
+    label_path = out_dir / "labels" / f"{case_id}.nii.gz"
+    old = _check_new_case(man, manifest_path, case_id, image_path, replace)
     image = read_dicom_series(dicom_dir, series_uid=series_uid)
     if modality is None:
         modality = _dicom_modality(image, dicom_dir)
-    label = None if rtstruct is None else _roi_label(rtstruct, roi, image)
+    label = None if rtstruct is None else _roi_label(rtstruct, roi, image, check_reference)
     patient = patient_id or image.meta.get("PatientID") or case_id
-
-    image_path = out_dir / "images" / f"{case_id}.nii.gz"
-    label_path = out_dir / "labels" / f"{case_id}.nii.gz"
     root = manifest_path.parent
     case = Case(
         id=case_id,
@@ -109,7 +116,33 @@ def import_dicom_case(
             tmp_label = stack.enter_context(atomic_path(label_path))
             write_volume(image.with_array(label), tmp_label)
     man.save(manifest_path)
+    stale = None if old is None or label is not None else man.label_path(old)
+    if stale is not None and stale == label_path.resolve():  # only the label this importer wrote
+        stale.unlink(missing_ok=True)
     return case
+
+
+def _check_new_case(
+    man: Manifest, manifest_path: Path, case_id: str, image_path: Path, replace: bool
+) -> Case | None:
+    """The case ``case_id`` being replaced (None: a new id). Without ``replace``, an id already in
+    the manifest, or an image file already at ``image_path``, is an InputError."""
+    old = next((c for c in man.cases if c.id == case_id), None)
+    if replace:
+        return old
+    if old is not None:
+        raise InputError(
+            f"case id '{case_id}' is already in the manifest (patient {old.patient_id}, image "
+            f"{old.image}); choose another --id, or pass --replace to replace that case",
+            manifest_path,
+        )
+    if image_path.exists():
+        raise InputError(
+            f"exists but case '{case_id}' is not in {manifest_path}; choose another --id, or pass "
+            "--replace to overwrite it",
+            image_path,
+        )
+    return None
 
 
 def _check_import_args(
@@ -152,7 +185,9 @@ def _dicom_modality(image: Volume, dicom_dir: str | Path) -> str:
     return DICOM_MODALITY[dicom_mod.upper()]
 
 
-def _roi_label(rtstruct: str | Path, roi: str | None, image: Volume) -> np.ndarray:
+def _roi_label(
+    rtstruct: str | Path, roi: str | None, image: Volume, check_reference: bool = True
+) -> np.ndarray:
     """ROI ``roi`` of ``rtstruct`` (the only one when None) rasterised on the image grid; must not
     be empty."""
     if roi is None:
@@ -162,7 +197,7 @@ def _roi_label(rtstruct: str | Path, roi: str | None, image: Volume) -> np.ndarr
                 f"has {len(names)} ROIs; choose one with --roi: {', '.join(names)}", rtstruct
             )
         roi = names[0]
-    label = rasterize_roi(rtstruct, roi, image)
+    label = rasterize_roi(rtstruct, roi, image, check_reference=check_reference)
     if not label.any():
         raise InputError(
             f"ROI '{roi}' rasterises to an empty mask on the image grid (contours outside the image?)",
@@ -237,27 +272,31 @@ def _is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def describe_path(path: str | Path) -> dict[str, Any]:
+def describe_path(path: str | Path, series_uid: str | None = None) -> dict[str, Any]:
     """Summarise whatever ``path`` is, as a dict with ``kind`` and kind-specific keys.
 
     - ``kind="manifest"`` (a ``.json`` file): :func:`describe_manifest`.
     - ``kind="rtstruct"``: ``rois`` = list of {number, name, contours, frame_of_reference_uid}.
-    - ``kind="dicom_folder"`` with several image series: ``series`` = list of SeriesInfo, no volume.
+    - ``kind="dicom_folder"`` with several image series and no ``series_uid``: ``series`` = list
+      of SeriesInfo, no volume.
     - ``kind="volume"`` (image file or a DICOM folder with one image series):
-      :func:`describe_volume` plus ``series`` (all series found, for a DICOM folder).
+      :func:`describe_volume` plus ``series`` (all series found, for a DICOM folder); in a folder
+      with several series, ``series_uid`` chooses the one described.
 
     Raises:
-        InputError: path missing or unreadable (the message names it).
+        InputError: path missing or unreadable (the message names it), ``series_uid`` for a file.
     """
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path)
+    if series_uid is not None and not path.is_dir():
+        raise InputError("is a file; a series UID (--series-uid) chooses a series of a DICOM folder", path)
     if path.is_dir():
         series = list_dicom_series(path)
         images = [s for s in series if s.is_image]
-        if len(images) > 1:
+        if len(images) > 1 and series_uid is None:
             return {"kind": "dicom_folder", "path": str(path), "series": series}
-        info = describe_volume(read_dicom_series(path))
+        info = describe_volume(read_dicom_series(path, series_uid=series_uid))
         return {"kind": "volume", "path": str(path), "series": series, **info}
     if path.suffix.lower() == ".json":
         return {"kind": "manifest", "path": str(path), **describe_manifest(Manifest.load(path))}

@@ -19,6 +19,7 @@ Format (paths are relative to the manifest file's folder, or absolute)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,10 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Case:
-    """One image (and optional label) of one patient."""
+    """One image (and optional label) of one patient.
+
+    ``id`` and ``patient_id`` given as integers (hand-written manifests) become strings; every other
+    wrong type is an :class:`InputError` naming the field."""
 
     id: str
     patient_id: str
@@ -45,10 +49,45 @@ class Case:
     split: str = "train"
 
     def __post_init__(self) -> None:
+        for name in ("id", "patient_id"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, str(value))
+            elif not isinstance(value, str) or not value.strip():
+                raise InputError(f"{name}: expected a non-empty string, got {value!r}")
+        for name in ("modality", "split"):
+            if not isinstance(getattr(self, name), str):
+                raise InputError(f"{name}: expected a string, got {getattr(self, name)!r}")
         if self.modality not in MODALITIES:
             raise InputError(did_you_mean(self.modality, MODALITIES, "modality"))
         if self.split not in SPLITS:
             raise InputError(did_you_mean(self.split, SPLITS, "split"))
+        for name in ("image", "label"):
+            value = getattr(self, name)
+            if (value is not None or name == "image") and (not isinstance(value, str) or not value.strip()):
+                raise InputError(f"{name}: expected a file path (a non-empty string), got {value!r}")
+
+
+_CASE_KEYS = tuple(f.name for f in dataclasses.fields(Case))
+_REQUIRED_KEYS = ("id", "patient_id", "modality", "image")
+
+
+def _case_from_json(index: int, item: object, path: Path) -> Case:
+    """Case ``index`` of the manifest file ``path``; InputError naming the file and the case."""
+    if not isinstance(item, dict):
+        raise InputError(f"case {index}: expected a JSON object, got {item!r}", path)
+    cid = item.get("id")
+    where = f"case {index}" + (f" ('{cid}')" if isinstance(cid, (str, int)) and not isinstance(cid, bool) else "")
+    for key in item:
+        if key not in _CASE_KEYS:
+            raise InputError(f"{where}: {did_you_mean(str(key), _CASE_KEYS, 'key')}", path)
+    missing = [k for k in _REQUIRED_KEYS if k not in item]
+    if missing:
+        raise InputError(f"{where}: missing {', '.join(missing)}", path)
+    try:
+        return Case(**item)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}", path) from None
 
 
 @dataclass
@@ -60,6 +99,13 @@ class Manifest:
     description: str = ""
     seed: int | None = None
     root: Path = field(default=Path("."), repr=False)
+    #: the JSON file this manifest was loaded from or last saved to (None: only in memory)
+    path: Path | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> Path:
+        """What messages name: the manifest file when known, else the folder paths start from."""
+        return self.path if self.path is not None else self.root
 
     # ------------------------------------------------------------------ access
     def image_path(self, case: Case) -> Path:
@@ -92,14 +138,14 @@ class Manifest:
         for c in self.cases:
             if c.id == case_id:
                 return c
-        raise InputError(did_you_mean(case_id, [c.id for c in self.cases], "case id"))
+        raise InputError(did_you_mean(case_id, [c.id for c in self.cases], "case id"), self.source)
 
     def add(self, case: Case, replace: bool = False) -> None:
         """Add a case; an existing id is an error unless ``replace``."""
         for i, c in enumerate(self.cases):
             if c.id == case.id:
                 if not replace:
-                    raise InputError(f"case id '{case.id}' is already in the manifest")
+                    raise InputError(f"case id '{case.id}' is already in the manifest", self.source)
                 self.cases[i] = case
                 return
         self.cases.append(case)
@@ -119,6 +165,7 @@ class Manifest:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         self.root = path.parent
+        self.path = path
         return path
 
     @classmethod
@@ -132,21 +179,21 @@ class Manifest:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})", path) from None
+        except OSError as exc:
+            raise InputError(f"cannot read ({exc.strerror})", path) from None
         if not isinstance(raw, dict) or not isinstance(raw.get("cases"), list):
             raise InputError("a manifest must be a JSON object with a 'cases' list", path)
-        cases = []
-        for i, item in enumerate(raw["cases"]):
-            try:
-                cases.append(Case(**item))
-            except TypeError as exc:
-                raise InputError(f"case {i}: {exc}", path) from None
-            except InputError as exc:
-                raise InputError(f"case {i}: {exc}", path) from None
+        name, description, seed = raw.get("name", path.stem), raw.get("description") or "", raw.get("seed")
+        if not isinstance(name, str) or not isinstance(description, str):
+            raise InputError(f"'name' and 'description' must be strings, got {name!r}, {description!r}", path)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise InputError(f"'seed' must be an integer or null, got {seed!r}", path)
+        cases = [_case_from_json(i, item, path) for i, item in enumerate(raw["cases"])]
         ids = [c.id for c in cases]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise InputError(f"duplicate case ids: {sorted(dup)}", path)
-        m = cls(cases, raw.get("name", path.stem), raw.get("description", ""), raw.get("seed"), path.parent)
+        m = cls(cases, name, description, seed, path.parent, path)
         check_patient_splits(m.cases, source=path)
         return m
 

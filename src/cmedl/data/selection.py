@@ -47,20 +47,20 @@ def as_manifest(manifest: Manifest | str | Path) -> Manifest:
 def _labelled(manifest: Manifest, split: str, modality: str) -> list[Case]:
     cases = manifest.select(split=split, modality=modality, labelled=True)
     if not cases:
-        raise InputError(f"no labelled {modality} cases in split '{split}'", manifest.root / "manifest.json")
+        raise InputError(f"no labelled {modality} cases in split '{split}'", manifest.source)
     return cases
 
 
 def select_mr(student_cases: list[Case], manifest: Manifest, mr_manifest: Manifest | None,
               modality: str) -> tuple[Manifest, list[Case]]:
     """The MRI training cases (see the module docstring) and the manifest they belong to."""
-    source = mr_manifest if mr_manifest is not None else manifest
-    mr_cases = source.select(modality="mr")
-    where = source.root / "manifest.json"
+    chosen = mr_manifest if mr_manifest is not None else manifest
+    mr_cases = chosen.select(modality="mr")
+    where = chosen.source
     if not mr_cases:
         raise InputError("no mr cases for the teacher (add MRI to the manifest or give --mr-data)", where)
     check_disjoint_patients([c.patient_id for c in student_cases], [c.patient_id for c in mr_cases], modality, where)
-    return source, [c for c in mr_cases if c.split == "train"] or mr_cases
+    return chosen, [c for c in mr_cases if c.split == "train"] or mr_cases
 
 
 def select_cases(manifest: Manifest | str | Path, mr_manifest: Manifest | str | Path | None, modality: str,
@@ -72,7 +72,7 @@ def select_cases(manifest: Manifest | str | Path, mr_manifest: Manifest | str | 
     mr = as_manifest(mr_manifest) if mr_manifest is not None else None
     student_cases = manifest.select(modality=modality)
     if not student_cases:
-        raise InputError(f"no {modality} cases (data.modality is '{modality}')", manifest.root / "manifest.json")
+        raise InputError(f"no {modality} cases (data.modality is '{modality}')", manifest.source)
     mr_source, mr_train = select_mr(student_cases, manifest, mr, modality) if needs_mr else (None, [])
     return CaseSelection(manifest, _labelled(manifest, "train", modality), _labelled(manifest, "val", modality),
                          mr_source, mr_train)

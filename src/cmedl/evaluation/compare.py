@@ -4,6 +4,10 @@ Mirrors the papers' Tables II/III: one row per method with DSC, sDSC and HD95 as
 cases that every method has, and the p-value of a paired two-sided Wilcoxon signed-rank test of the
 chosen metric against the first (reference) method, Holm-Bonferroni-adjusted over the family of
 ``len(methods) - 1`` comparisons.
+
+The table CSV (``out`` / :meth:`Comparison.write_csv`) is checked before any work with
+:func:`cmedl.io.outputs.check_output_file`: it must not be one of the compared files
+(``cmedl compare a.csv b.csv --out b.csv``), nor a folder, and its folder must be writable.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from cmedl.evaluation.stats import (
     wilcoxon_paired,
 )
 from cmedl.evaluation.summary import format_text_table
+from cmedl.io.outputs import check_output_file, writing
 from cmedl.io.volume import atomic_path
 
 #: Column -> (label, digits) for the comparison table.
@@ -86,12 +91,20 @@ class Comparison:
         return format_text_table(self.headers(), self.rows()) + "\n" + note
 
     def write_csv(self, path: str | Path) -> Path:
-        """Write the table (numbers unformatted: mean, sd, n_inf per metric; raw and Holm p) atomically."""
+        """Write the table (numbers unformatted: mean, sd, n_inf per metric; raw and Holm p) atomically.
+
+        Raises:
+            InputError: ``path`` is one of the compared files, a folder, or cannot be written.
+        """
+        path = check_output_file(path, inputs=self.paths)
+        with writing(path):
+            return self._write_csv(path)
+
+    def _write_csv(self, path: Path) -> Path:
         cols = ["method", "file", "n"]
         for met in self.table_metrics:
             cols += [f"{met}_mean", f"{met}_sd", f"{met}_median", f"{met}_n_inf", f"{met}_n_nan"]
         cols += ["metric_tested", "p_value", "p_holm"]
-        path = Path(path)
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(cols)
@@ -119,6 +132,7 @@ def compare_results(
     metric: str = "dsc",
     names: Sequence[str] | None = None,
     table_metrics: Sequence[str] = ("dsc", "sdsc", "hd95"),
+    out: str | Path | None = None,
 ) -> Comparison:
     """Compare per-case result CSVs (from ``cmedl evaluate``) on the cases they share.
 
@@ -127,13 +141,17 @@ def compare_results(
         metric: column tested (paired two-sided Wilcoxon signed-rank).
         names: method names (default: file names without ``.csv``).
         table_metrics: columns summarised as mean ± SD in the table.
+        out: also write the table as CSV here (:meth:`Comparison.write_csv`); checked before any work.
 
     Raises:
-        InputError: fewer than two files, unknown metric column, no common cases.
+        InputError: fewer than two files, unknown metric column, no common cases, an ``out`` that is
+            one of the compared files or cannot be written.
     """
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise InputError(f"compare needs at least two result files, got {len(paths)}")
+    if out is not None:
+        check_output_file(out, inputs=paths)
     names = list(names) if names is not None else _method_names(paths)
     if len(names) != len(paths) or len(set(names)) != len(names):
         raise InputError(f"need one distinct name per file, got {names}")
@@ -166,4 +184,6 @@ def compare_results(
     comp.tests = [None] + [wilcoxon_paired(values[n], ref) for n in names[1:]]
     comp.p_raw = [math.nan] + [t.p_value for t in comp.tests[1:] if t is not None]
     comp.p_holm = [math.nan] + holm_bonferroni(comp.p_raw[1:]).tolist()
+    if out is not None:
+        comp.write_csv(out)
     return comp

@@ -11,7 +11,14 @@ Predictions and references are matched by case id; a prediction without a refere
 reverse) is an error, as is a pair on different voxel grids (unless ``resample_pred``: the
 prediction is resampled onto the reference grid with nearest-neighbour interpolation, SimpleITK),
 a non-binary mask without ``label``, NaN voxels or an unreadable file. Every error is one line
-naming the file(s); nothing is written unless every case succeeds.
+naming the file(s); nothing is written unless every case succeeds. The output CSV is checked
+before any work (:func:`cmedl.io.outputs.check_output_file`): it must not be one of the masks or
+manifests read, nor a folder, and its folder must be writable; a failed write (disk full) is a
+one-line error naming it.
+
+With ``label``, a label value that occurs in none of the reference masks is refused (every case would
+score DSC 1 and HD95 0 on two empty masks); a prediction without the label where its reference has
+it is scored as a missed tumour and reported through ``warn``.
 
 The surface-Dice tolerance of a case is ``tolerance_mm`` if given, else the default of
 ``modality`` (if given), else of the reference manifest's case modality, else CT (2 mm); see
@@ -28,6 +35,7 @@ Their public names are re-exported here.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -53,6 +61,7 @@ from cmedl.evaluation.summary import (
     format_text_table,
     summary_table,
 )
+from cmedl.io.outputs import check_output_file, writing
 from cmedl.io.volume import Volume, read_volume
 
 __all__ = [
@@ -73,6 +82,8 @@ __all__ = [
     "summary_table",
     "write_results_csv",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- one case
@@ -212,6 +223,7 @@ def evaluate_folders(
     overlap: float = DEFAULT_OVERLAP,
     workers: int = 1,
     progress: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> list[dict[str, object]]:
     """Evaluate every case of ``pred`` against ``ref`` (folders or manifests; see module docstring).
 
@@ -226,15 +238,24 @@ def evaluate_folders(
         overlap: object detection threshold (fraction of a reference object covered).
         workers: parallel processes.
         progress: show a progress bar on stderr.
+        warn: receives one-line warnings (default: this module's logger), e.g. predictions without
+            ``label``.
 
     Returns:
         Per-case rows (dicts keyed by :data:`CSV_COLUMNS`), sorted by case id.
+
+    Raises:
+        InputError: one line naming the offending file: unmatched cases, bad masks, a label in no
+            reference, an output that is an input or cannot be written.
     """
     if modality is not None and modality not in DEFAULT_TOLERANCE_MM:
         raise InputError(did_you_mean(modality, DEFAULT_TOLERANCE_MM, "modality"))
     if tolerance_mm is not None:
         resolve_tolerance(tolerance_mm, None, None)
     pairs = match_cases(pred, ref, split)
+    if out is not None:
+        read = {Path(pred), Path(ref), *(p.pred for p in pairs), *(p.ref for p in pairs)}
+        check_output_file(out, inputs=sorted(read))
     kwargs = {
         "tolerance_mm": tolerance_mm, "modality": modality, "label": label,
         "resample_pred": resample_pred, "overlap": overlap, "workers": workers,
@@ -258,6 +279,27 @@ def evaluate_folders(
             rows = evaluate_pairs(pairs, **kwargs, on_case_done=lambda cid: bar.update(task, advance=1, description=cid))  # type: ignore[arg-type]
     else:
         rows = evaluate_pairs(pairs, **kwargs)  # type: ignore[arg-type]
+    if label is not None:
+        _check_label_found(rows, pairs, label, ref, warn or logger.warning)
     if out is not None:
-        write_results_csv(rows, out)
+        with writing(out):
+            write_results_csv(rows, out)
     return rows
+
+
+def _check_label_found(rows: Sequence[dict[str, object]], pairs: Sequence[CasePair], label: int,
+                       ref: str | Path, warn: Callable[[str], None]) -> None:
+    """Refuse a label in no reference mask; warn about predictions without it where the reference has it."""
+    if rows and not any(int(r["n_voxels_ref"]) for r in rows):  # type: ignore[call-overload]
+        first = pairs[0].ref
+        values = np.unique(read_volume(first).array)
+        shown = ", ".join(f"{v:g}" for v in values[:8].tolist()) + (", ..." if values.size > 8 else "")
+        raise InputError(
+            f"label {label} occurs in none of the {len(rows)} reference mask(s) (values in {first.name}: "
+            f"{shown}); every case would score DSC 1 on two empty masks: check --label", ref)
+    missing = [str(r["pred_path"]) for r in rows
+               if int(r["n_voxels_ref"]) and not int(r["n_voxels_pred"])]  # type: ignore[call-overload]
+    if missing:
+        few = ", ".join(missing[:3]) + (f", ... ({len(missing)} predictions)" if len(missing) > 3 else "")
+        warn(f"label {label} occurs in no voxel of {len(missing)} prediction(s) whose reference has it "
+             f"({few}); they score as missed tumours: check --label")

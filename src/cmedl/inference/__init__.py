@@ -5,14 +5,15 @@
 - :func:`translate_volume` ``(volume, generator, preprocess, ...) -> Volume`` (pMRI), and
   :func:`translate_files` (``cmedl translate``);
 - :mod:`cmedl.inference.postprocess`: threshold, largest connected component, hole filling;
-- :mod:`cmedl.inference.files`: input checks, case names, progress.
+- :mod:`cmedl.inference.files`: input and output checks, case names, the per-case loop (a failing
+  case is reported and the next goes on; :class:`CasesFailed` at the end), progress.
 
 Networks run on the preprocessed working grid through :mod:`cmedl.nets.predict` (the path
 training-time validation uses too); every output is written on exactly the input volume's grid
 (shape, spacing, origin, direction).
 """
 
-from cmedl.inference.files import case_name, check_inputs
+from cmedl.inference.files import CasesFailed, case_name, check_inputs
 from cmedl.inference.postprocess import (
     fill_holes_per_slice,
     largest_connected_component,
@@ -23,7 +24,7 @@ from cmedl.inference.segment import SegmentationResult, segment_files, segment_v
 from cmedl.inference.translate import translate_files, translate_volume
 
 __all__ = [
-    "SegmentationResult", "case_name", "check_inputs", "fill_holes_per_slice", "largest_connected_component",
-    "postprocess_probabilities", "segment_files", "segment_volume", "threshold_mask", "translate_files",
-    "translate_volume",
+    "CasesFailed", "SegmentationResult", "case_name", "check_inputs", "fill_holes_per_slice",
+    "largest_connected_component", "postprocess_probabilities", "segment_files", "segment_volume", "threshold_mask",
+    "translate_files", "translate_volume",
 ]

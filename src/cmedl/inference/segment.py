@@ -26,7 +26,7 @@ Test-time (Monte Carlo) dropout, as in the CBCT paper's robustness analysis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmedl.data.plausibility import check_modality
 from cmedl.data.preprocess import PreprocessConfig, prepare_volume, restore_to_input
 from cmedl.devices import keep_freed_host_memory, resolve_device
-from cmedl.errors import InputError
-from cmedl.inference.files import check_batch_size, check_inputs, errors_naming, progress_bar
+from cmedl.errors import CmedlError, InputError
+from cmedl.inference.files import ALLOW_MISMATCH_HINT, check_batch_size, check_inputs, run_cases
 from cmedl.inference.postprocess import postprocess_probabilities
-from cmedl.io.volume import Volume, read_volume, write_volume
+from cmedl.io.volume import Volume, read_volume
 from cmedl.methods import build_test_time_model
 from cmedl.nets.predict import inference_copy, network_dims, predict_slices, predict_volume_3d
 from cmedl.training.checkpoint import load_checkpoint
@@ -165,6 +166,8 @@ def segment_files(
     mc_dropout_samples: int = 0,
     seed: int = 0,
     progress: bool = True,
+    allow_modality_mismatch: bool = False,
+    on_failure: Callable[[CmedlError], None] | None = None,
 ) -> list[Path]:
     """Segment image files / DICOM folders with the test-time model of checkpoint ``model_path``.
 
@@ -172,43 +175,56 @@ def segment_files(
     ``<out_dir>/<case>.nii.gz`` (uint8 mask) is written, plus ``<case>_prob.nii.gz`` (float32
     probabilities) with ``probabilities`` and ``<case>_sd.nii.gz`` (float32 MC-dropout SD) with
     ``mc_dropout_samples > 0``; ``case`` is the file name without its image suffix or the DICOM
-    folder's name. All inputs are checked before the first is processed; every write is atomic, so
-    an error never leaves a partial file. Other arguments: see :func:`segment_volume`.
+    folder's name.
+
+    Before any work, every input must exist and the planned outputs must not overwrite an input
+    (:func:`cmedl.inference.files.check_inputs`). Each input's intensities must look like the modality
+    of the model's preprocessing (:mod:`cmedl.data.plausibility`) unless ``allow_modality_mismatch``.
+    A case's files are written together, atomically; a failing case is reported through
+    ``on_failure`` (default: one line on stderr) and the next one goes on. Other arguments: see
+    :func:`segment_volume`.
 
     Returns:
         The mask paths, in input order.
 
     Raises:
-        InputError: one line naming the offending input, checkpoint or output folder.
+        InputError: one line naming the offending checkpoint, argument or output folder (before any work).
+        CasesFailed: after the loop, if any input failed (its ``written`` and ``failures``; for a single
+            input the message is that input's error).
     """
     check_segment_arguments(threshold, mc_dropout_samples)
     check_batch_size(batch_size)
     dev = resolve_device(device)
     if dev.type == "cpu":
         keep_freed_host_memory()
-    cases = check_inputs(inputs, out_dir)
+    suffixes = [".nii.gz", *(["_prob.nii.gz"] if probabilities else []),
+                *(["_sd.nii.gz"] if mc_dropout_samples else [])]
+    cases = check_inputs(inputs, out_dir, suffixes)
     model, preprocess, config = build_test_time_model(load_checkpoint(model_path), source=model_path)
     if model.dims == 3 and mc_dropout_samples:
         raise InputError("MC dropout is implemented for 2D (slice-wise) students only", model_path)
     patch_size = tuple(config.data.patch_size_3d) if model.dims == 3 else None
     run_net = inference_copy(model, dev)
     del model
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-    for path, name in progress_bar(cases, "segment", progress):
-        with errors_naming(path, dev):
-            result = segment_volume(
-                read_volume(path), run_net, preprocess, batch_size=batch_size, device=dev, threshold=threshold,
-                largest_component=largest_component, fill_holes=fill_holes, return_probabilities=probabilities,
-                amp_bf16=amp_bf16, mc_dropout_samples=mc_dropout_samples, seed=seed, patch_size=patch_size,
-            )
-        written.append(write_volume(result.mask, out_dir / f"{name}.nii.gz"))
+    out = Path(out_dir)
+
+    def work(path: Path, name: str) -> list[tuple[Volume, Path]]:
+        volume = read_volume(path)
+        if not allow_modality_mismatch:
+            check_modality(volume, preprocess.modality, path, ALLOW_MISMATCH_HINT)
+        result = segment_volume(
+            volume, run_net, preprocess, batch_size=batch_size, device=dev, threshold=threshold,
+            largest_component=largest_component, fill_holes=fill_holes, return_probabilities=probabilities,
+            amp_bf16=amp_bf16, mc_dropout_samples=mc_dropout_samples, seed=seed, patch_size=patch_size,
+        )
+        outputs = [(result.mask, out / f"{name}.nii.gz")]
         if result.probabilities is not None:
-            write_volume(result.probabilities, out_dir / f"{name}_prob.nii.gz")
+            outputs.append((result.probabilities, out / f"{name}_prob.nii.gz"))
         if result.uncertainty is not None:
-            write_volume(result.uncertainty, out_dir / f"{name}_sd.nii.gz")
-        del result
-    return written
+            outputs.append((result.uncertainty, out / f"{name}_sd.nii.gz"))
+        return outputs
+
+    return run_cases(cases, work, out, dev, desc="segment", progress=progress, on_failure=on_failure)
 
 
 __all__ = ["SegmentationResult", "check_segment_arguments", "segment_files", "segment_volume"]

@@ -19,18 +19,19 @@ Output intensity scale (``scale``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from cmedl.data.plausibility import check_modality
 from cmedl.data.preprocess import PreprocessConfig, prepare_volume, restore_to_input
 from cmedl.devices import resolve_device
-from cmedl.errors import InputError, did_you_mean
-from cmedl.inference.files import check_batch_size, check_inputs, errors_naming, progress_bar
-from cmedl.io.volume import Volume, read_volume, write_volume
+from cmedl.errors import CmedlError, InputError, did_you_mean
+from cmedl.inference.files import ALLOW_MISMATCH_HINT, check_batch_size, check_inputs, run_cases
+from cmedl.io.volume import Volume, read_volume
 from cmedl.methods.checkpoints import DIRECTIONS, build_generator_from_checkpoint
 from cmedl.nets.predict import inference_copy, predict_slices
 from cmedl.training.checkpoint import load_checkpoint
@@ -101,42 +102,47 @@ def translate_files(
     device: str = "cpu",
     amp_bf16: bool = False,
     progress: bool = True,
+    allow_modality_mismatch: bool = False,
+    on_failure: Callable[[CmedlError], None] | None = None,
 ) -> list[Path]:
     """Translate image files / DICOM folders with a generator of the checkpoint
     ``model_path`` (loaded once); writes ``<out_dir>/<case>_pmri.nii.gz`` (``ct2mr``) or
-    ``<case>_pct.nii.gz`` (``mr2ct``) atomically, float32. Inputs are checked before any work.
+    ``<case>_pct.nii.gz`` (``mr2ct``) atomically, float32.
+
+    Inputs and planned outputs are checked before any work (no output overwrites an input); each
+    input must look like the generator's input modality (:mod:`cmedl.data.plausibility`) unless
+    ``allow_modality_mismatch``. A failing case is reported through ``on_failure`` (default: one line
+    on stderr) and the next one goes on.
 
     Returns:
         The written paths, in input order.
 
     Raises:
-        InputError: one line naming the offending input, checkpoint or output folder.
+        InputError: one line naming the offending checkpoint, argument or output folder (before any work).
+        CasesFailed: after the loop, if any input failed.
     """
     if direction not in DIRECTIONS:
         raise InputError(did_you_mean(str(direction), DIRECTIONS, "translation direction"))
     _check_scale(scale)
     check_batch_size(batch_size)
     dev = resolve_device(device)
-    cases = check_inputs(inputs, out_dir)
+    suffix = f"{OUTPUT_SUFFIX[direction]}.nii.gz"
+    cases = check_inputs(inputs, out_dir, [suffix])
     ckpt = load_checkpoint(model_path)
     generator, cfg = build_generator_from_checkpoint(ckpt, direction, source=model_path)
     del ckpt
     run_net = inference_copy(generator, dev)
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-    for path, name in progress_bar(cases, "translate", progress):
-        with errors_naming(path, dev):
-            result = translate_volume(
-                read_volume(path),
-                run_net,
-                cfg,
-                scale=scale,
-                batch_size=batch_size,
-                device=dev,
-                amp_bf16=amp_bf16,
-            )
-        written.append(write_volume(result, out_dir / f"{name}{OUTPUT_SUFFIX[direction]}.nii.gz"))
-    return written
+    out = Path(out_dir)
+
+    def work(path: Path, name: str) -> list[tuple[Volume, Path]]:
+        volume = read_volume(path)
+        if not allow_modality_mismatch:
+            check_modality(volume, cfg.modality, path, ALLOW_MISMATCH_HINT)
+        result = translate_volume(volume, run_net, cfg, scale=scale, batch_size=batch_size, device=dev,
+                                  amp_bf16=amp_bf16)
+        return [(result, out / f"{name}{suffix}")]
+
+    return run_cases(cases, work, out, dev, desc="translate", progress=progress, on_failure=on_failure)
 
 
 __all__ = ["AU_MAX", "SCALES", "translate_files", "translate_volume"]

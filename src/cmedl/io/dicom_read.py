@@ -106,7 +106,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     series = scan_folder(folder)
     images = {uid: items for uid, items in series.items() if series_info(uid, items).is_image}
     if not images:
-        subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         others = sorted({series_info(u, i).modality or "?" for u, i in series.items()})
         detail = "no DICOM image files"
         if others:
@@ -212,7 +212,8 @@ def _in_plane_geometry(
         raise InputError(
             "ImageOrientationPatient row and column cosines are not orthogonal", folder
         )
-    return row, col, pix
+    col = col - (row @ col) * row  # remove the decimal-string rounding noise: Volume needs orthonormal axes
+    return row, col / np.linalg.norm(col), pix
 
 
 def _check_slice_positions(

@@ -28,6 +28,27 @@ from cmedl.errors import GeometryError, InputError
 #: File suffixes read and written through SimpleITK.
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
+#: Largest |D^T D - I| entry of a direction matrix still taken as orthonormal. Directions stored as
+#: float32 (NIfTI) or 6-8 decimals (DICOM, text headers) are orthonormal to ~1e-6; ITK refuses or
+#: silently re-orthogonalises anything worse, so the written image would be on another grid.
+ORTHONORMAL_TOL = 1e-4
+
+
+def orthonormal_error(matrix: np.ndarray) -> str | None:
+    """Why a 3x3 direction matrix (columns = axis directions) is not orthonormal, or None if it is."""
+    m = np.asarray(matrix, dtype=float).reshape(3, 3)
+    if not np.isfinite(m).all():
+        return "direction matrix has non-finite values"
+    norms = np.linalg.norm(m, axis=0)
+    if norms.min() == 0:
+        return "direction matrix has a zero axis"
+    unit = m / norms
+    if np.abs(unit.T @ unit - np.eye(3)).max() > ORTHONORMAL_TOL:
+        return "direction matrix is not orthonormal: its axes are sheared; resample to an orthogonal grid first"
+    if np.abs(m.T @ m - np.eye(3)).max() > ORTHONORMAL_TOL:
+        return "direction matrix is not orthonormal: its axes are not unit vectors"
+    return None
+
 
 @dataclass
 class Volume:
@@ -48,8 +69,13 @@ class Volume:
         self.direction = tuple(float(d) for d in self.direction)
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
             raise InputError("spacing and origin need 3 values and direction 9")
-        if min(self.spacing) <= 0:
+        if not all(np.isfinite(s) and s > 0 for s in self.spacing):
             raise InputError(f"spacing must be positive, got {self.spacing}")
+        if not np.isfinite(self.origin).all():
+            raise InputError(f"origin must be finite, got {self.origin}")
+        problem = orthonormal_error(np.asarray(self.direction).reshape(3, 3))
+        if problem is not None:
+            raise InputError(problem)
 
     # ------------------------------------------------------------------ geometry
     @property

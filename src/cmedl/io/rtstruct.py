@@ -9,8 +9,10 @@ Rasterisation rules (what :func:`rasterize_roi` does, in this order):
    in a plane parallel to the reference slices (index-z spread below half a slice), else
    :class:`InputError`: rasterising a contour drawn on another orientation needs a 3D method.
 3. Each contour goes to the **nearest slice**: ``k = floor(z_index + 0.5)``; a contour exactly
-   half-way between two voxel centres goes to the higher index. Contours whose nearest slice is
-   outside the volume are dropped; in-plane parts outside the grid are clipped.
+   half-way between two voxel centres goes to the higher index. A contour whose nearest slice is
+   outside the volume (more than half a slice beyond it) is an :class:`InputError`, never dropped;
+   in-plane parts outside the grid are clipped. Malformed contours (coordinates that are not
+   x, y, z triples, NaN/inf) are refused; contours of fewer than 3 points enclose nothing.
 4. Polygons are filled by :func:`even_odd_fill`, a vectorised scan line: a voxel is inside when
    its **centre** is inside the polygon. Centres exactly on an edge follow the half-open
    (top-left) rule, so two contours sharing an edge never both claim, and then XOR away, a voxel.
@@ -50,6 +52,9 @@ RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Contour types that enclose an area; everything else (POINT, OPEN_*) is ignored.
 CLOSED_TYPES = frozenset({"CLOSED_PLANAR", "CLOSED_PLANAR_XOR", ""})
 _PLANARITY_TOL = 0.5  # max spread of a contour's z index (in slices)
+#: how to rasterise an RTSTRUCT whose reference check fails, when the user knows it fits
+_USE_ANYWAY = ("import the series it was drawn on; if the contours do fit this image, use it anyway with "
+               "`cmedl data import --no-reference-check` or rasterize_roi(..., check_reference=False)")
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,7 @@ def read_rtstruct(path: str | Path) -> Dataset:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise InputError(f"not a readable DICOM file ({type(exc).__name__})", path) from None
-    if (
-        str(ds.get("Modality", "")).upper() != "RTSTRUCT"
-        and str(ds.get("SOPClassUID", "")) != RTSTRUCT_STORAGE
-    ):
+    if str(ds.get("Modality", "")).upper() != "RTSTRUCT" and str(ds.get("SOPClassUID", "")) != RTSTRUCT_STORAGE:
         raise InputError(f"is a DICOM {ds.get('Modality', '?')} object, not an RTSTRUCT", path)
     if "StructureSetROISequence" not in ds:
         raise InputError("RTSTRUCT has no StructureSetROISequence", path)
@@ -101,27 +103,33 @@ def _contour_data(contour: Dataset) -> np.ndarray:
     return np.atleast_1d(np.asarray(value if value is not None else [], dtype=float))
 
 
-def _closed_contours(item: Dataset) -> list[np.ndarray]:
+def _closed_contours(item: Dataset, where: tuple[Path, str] | None = None) -> list[np.ndarray]:
+    """The closed contours of an ROI as ``(n, 3)`` point arrays (contours of fewer than 3 points
+    enclose nothing and are skipped). A malformed contour (values that are not numbers, a count
+    that is not a multiple of 3, NaN/inf) is skipped when only counting (``where`` None) and an
+    InputError naming the RTSTRUCT and the ROI when rasterising (``where`` = (path, ROI name))."""
     out = []
-    for c in item.get("ContourSequence", []) or []:
+    for number, c in enumerate(item.get("ContourSequence", []) or [], start=1):
         if str(c.get("ContourGeometricType", "")).upper() not in CLOSED_TYPES:
             continue
         try:
             pts = _contour_data(c)
+            problem = (f"has {pts.size} coordinates, not x, y, z triples" if pts.size % 3
+                       else "" if np.isfinite(pts).all() else "has a NaN or infinite coordinate")
         except (TypeError, ValueError):
-            continue
-        if pts.size < 9 or pts.size % 3 or not np.isfinite(pts).all():
-            continue  # fewer than 3 points encloses nothing
-        out.append(pts.reshape(-1, 3))
+            problem = "has ContourData that are not numbers"
+        if problem:
+            if where is None:
+                continue
+            raise InputError(f"ROI '{where[1]}': contour {number} {problem}; fix or remove it", where[0])
+        if pts.size >= 9:  # fewer than 3 points encloses nothing
+            out.append(pts.reshape(-1, 3))
     return out
 
 
 def _contour_items(ds: Dataset) -> dict[int, Dataset]:
-    return {
-        int(item.ReferencedROINumber): item
-        for item in ds.get("ROIContourSequence", []) or []
-        if "ReferencedROINumber" in item
-    }
+    items = ds.get("ROIContourSequence", []) or []
+    return {int(item.ReferencedROINumber): item for item in items if "ReferencedROINumber" in item}
 
 
 def describe_rois(rtstruct_path: str | Path) -> list[RoiInfo]:
@@ -179,14 +187,14 @@ def _check_reference(ds: Dataset, roi: Dataset, reference: Volume, path: Path) -
             raise InputError(
                 f"ROI '{roi.get('ROIName', '')}' is in frame of reference {min(rs_frames)} but the "
                 f"reference image is in {ref_frame}: not the image this RTSTRUCT was drawn on "
-                "(check_reference=False to rasterise anyway)",
+                f"({_USE_ANYWAY})",
                 path,
             )
         return
     if ref_series and series and ref_series not in series:
         raise InputError(
             f"references series {min(series)} but the reference image is series {ref_series} "
-            "(check_reference=False to rasterise anyway)",
+            f"({_USE_ANYWAY})",
             path,
         )
 
@@ -235,12 +243,12 @@ def rasterize_roi(
     Returns:
         ``uint8`` mask ``[z, y, x]`` of ``reference.shape`` with values 0/1 (rules in the module
         docstring: nearest slice, voxel centre inside, even-odd holes). It may be empty when the
-        contours lie outside the grid; callers that need a lesion check ``mask.any()``.
+        contours lie outside the grid in-plane; callers that need a lesion check ``mask.any()``.
 
     Raises:
         InputError: naming the RTSTRUCT: not an RTSTRUCT, unknown ROI (listing the names), ROI
-            with no closed contour ("empty"), wrong frame of reference, or a contour not parallel
-            to the reference slices.
+            with no closed contour ("empty"), wrong frame of reference, a malformed contour, a
+            contour not parallel to the reference slices or outside their range.
     """
     path = Path(rtstruct_path)
     ds = read_rtstruct(path)
@@ -249,7 +257,7 @@ def rasterize_roi(
     if check_reference:
         _check_reference(ds, roi, reference, path)
     item = _contour_items(ds).get(int(roi.get("ROINumber", -1)))
-    contours = [] if item is None else _closed_contours(item)
+    contours = [] if item is None else _closed_contours(item, (path, name))
     if not contours:
         raise InputError(f"ROI '{name}' is empty (no closed planar contour data)", path)
 
@@ -266,8 +274,10 @@ def rasterize_roi(
             )
         # round to 1e-6 so float noise on an exact half-way plane does not flip the choice
         k = int(np.floor(np.round(float(z.mean()), 6) + 0.5))
-        if 0 <= k < nz:
-            per_slice.setdefault(k, []).append(idx[:, :2])
+        if not 0 <= k < nz:  # more than half a slice beyond the first or last slice
+            raise InputError(f"ROI '{name}': a contour lies at slice position {float(z.mean()):.2f}, outside the "
+                             f"image's slices 0-{nz - 1}: the ROI does not fit this image (a cropped series?)", path)
+        per_slice.setdefault(k, []).append(idx[:, :2])
     mask = np.zeros((nz, ny, nx), dtype=np.uint8)
     for k, polygons in per_slice.items():
         mask[k] = even_odd_fill(polygons, (ny, nx))

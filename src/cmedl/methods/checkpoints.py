@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from cmedl.config import TrainConfig
@@ -50,6 +51,17 @@ def preprocess_of(ckpt: dict[str, Any], key: str, source: str | Path | None = No
         raise InputError(f"checkpoint '{key}' preprocessing is invalid ({exc})", source) from None
 
 
+def _check_finite(state: Any, name: str, source: str | Path | None) -> None:
+    """Refuse a network whose stored weights or buffers hold NaN/Inf: it would segment every scan as
+    empty (or full) without any error."""
+    if not isinstance(state, dict):
+        return  # load_state_dict reports it
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise InputError(f"'{name}' weights hold NaN or infinite values (in '{key}'); the checkpoint "
+                             "is unusable (was it saved after training diverged?)", source)
+
+
 def load_networks(ckpt: dict[str, Any], names: tuple[str, ...], source: str | Path | None = None) -> dict[str, nn.Module]:
     """The networks ``names`` of the checkpoint's method, with their weights, in eval mode on the CPU."""
     cls, config = method_of(ckpt, source), config_of(ckpt, source)
@@ -58,6 +70,8 @@ def load_networks(ckpt: dict[str, Any], names: tuple[str, ...], source: str | Pa
     if missing:
         have = ", ".join(sorted(stored)) or "none"
         raise InputError(f"checkpoint of method '{cls.name}' has no '{missing[0]}' network (it has: {have})", source)
+    for name in names:
+        _check_finite(stored[name], name, source)
     nets = cls.build_networks(config, names)
     for name in names:
         try:

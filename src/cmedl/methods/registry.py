@@ -102,10 +102,34 @@ def parse_config(raw: Mapping[str, Any], source: Source = None, *, warn: bool = 
 def load_config(path_or_preset: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Load a preset by name (``cpu-demo``) or a YAML file, then apply ``section.key=value`` overrides.
 
-    Raises :class:`ConfigError` for unknown presets/keys (with did-you-mean), bad types or ranges.
+    Raises :class:`ConfigError` for unknown presets/keys (with did-you-mean), bad types or ranges;
+    an error that an override causes names the override (``override 'training.method=cmdl': ...``),
+    not the file.
     """
     path = resolve_config_path(path_or_preset)
-    return parse_config(apply_overrides(read_yaml(path), overrides), source=path)
+    raw = read_yaml(path)
+    merged = apply_overrides(raw, overrides)  # its errors name the override already
+    try:
+        return parse_config(merged, source=path)
+    except ConfigError:
+        _blame_override(raw, overrides or [])
+        raise
+
+
+def _blame_override(raw: dict[str, Any], overrides: list[str]) -> None:
+    """When the file alone is valid, raise the error of the first override that makes it invalid,
+    naming that override (the overrides are applied one more at a time)."""
+    if not overrides:
+        return
+    try:
+        parse_config(raw, warn=False)
+    except ConfigError:
+        return  # the file itself is wrong: its error stands
+    for n, text in enumerate(overrides, start=1):
+        try:
+            parse_config(apply_overrides(raw, overrides[:n]), warn=False)
+        except ConfigError as exc:
+            raise ConfigError(f"override '{text}': {exc}") from None
 
 
 def build_method(config: TrainConfig, device: torch.device | str = "cpu") -> Method:

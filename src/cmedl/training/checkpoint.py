@@ -18,15 +18,17 @@ Format ``cmedl-checkpoint/1`` (keys are stable; readers must ignore keys they do
       "rng": {"torch": ByteTensor, "cuda": [ByteTensor], "numpy": {...ints/tensor}, "python": {...}},
     }
 
-Writes are atomic (temporary file in the same folder + ``os.replace``), so a crash never leaves a
-truncated checkpoint and a previous good one is only replaced by a complete new one.
+Writes go through :func:`cmedl.io.atomic.atomic_path` (hidden temporary folder + ``fsync`` + ``os.replace``),
+so a crash or a full disk never leaves a truncated checkpoint and a previous good one is only replaced
+by a complete new one.
 """
 
 from __future__ import annotations
 
-import os
+import pickle
 import random
-import tempfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,39 +36,50 @@ import numpy as np
 import torch
 
 from cmedl.errors import InputError
+from cmedl.io.atomic import atomic_path
 
 FORMAT = "cmedl-checkpoint/1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically; ``payload["format"]`` is set to :data:`FORMAT`."""
+    """Write ``payload`` to ``path`` atomically; ``payload["format"]`` is set to :data:`FORMAT`.
+
+    Raises:
+        InputError: naming ``path`` if it cannot be written (e.g. the disk is full); the previous
+            file at ``path``, if any, is kept and no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **{k: v for k, v in payload.items() if k != "format"}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        except RuntimeError as exc:  # torch's zip writer turns a failed write (ENOSPC) into its own error
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError):
+                raise cause from None  # atomic_path reports it naming `path` and removes the temporary
+            raise
     return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``.
 
-    Raises :class:`InputError` naming ``path`` if it is missing, unreadable or not a cmedl checkpoint.
+    Raises :class:`InputError` naming ``path`` if it is missing, unreadable or not a cmedl checkpoint
+    (among others: a pickle of Python objects that a weights-only load refuses to build).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a readable checkpoint"
+        found = re.search(r"GLOBAL (\S+)|[Uu]nsupported global", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and found:  # torch's text is many lines, cut mid-sentence
+            what = f" ({found.group(1)})" if found.group(1) else ""
+            raise InputError("not a cmedl checkpoint: it holds Python objects that a weights-only checkpoint "
+                             f"may not hold{what}; it was not loaded", path) from None
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InputError(f"not a readable cmedl checkpoint ({reason})", path) from None
     if not isinstance(ckpt, dict) or "format" not in ckpt:

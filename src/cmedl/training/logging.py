@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmedl.io.volume import atomic_path
+from cmedl.io.atomic import atomic_path
 
 
 def write_history_csv(path: str | Path, history: Sequence[Mapping[str, Any]]) -> Path:
@@ -121,7 +121,9 @@ def save_image_grid(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # an OSError (disk full) becomes an InputError naming path
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)
     return path

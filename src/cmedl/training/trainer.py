@@ -12,6 +12,11 @@ Outputs in ``out_dir``::
     tb/                  TensorBoard events (train/* every log_every steps, epoch/* per epoch)
     images/epoch_NNN.png image grid of validation patches (CT, pMRI, rec. CT, expert, predicted)
 
+The run folder is checked before any work (:func:`cmedl.io.outputs.check_output_folder`: not a file,
+not under a file, writable, no output file that is an input manifest); a write that fails later
+(disk full) is one :class:`~cmedl.errors.InputError` line naming the file, and the checkpoints
+already written stay.
+
 ``resume=True`` reloads ``last.pt`` and continues with exactly the steps an uninterrupted run
 would take (:mod:`cmedl.training.resume`). A non-finite loss stops the run with
 :class:`TrainingDiverged`; the last good checkpoints stay.
@@ -33,6 +38,7 @@ from cmedl.config import TrainConfig, save_config
 from cmedl.data.manifest import Manifest
 from cmedl.devices import keep_freed_host_memory, resolve_device
 from cmedl.errors import CmedlError, ConfigError, InputError
+from cmedl.io.outputs import check_output_folder, writing
 from cmedl.methods import build_method
 from cmedl.methods.base import Method
 from cmedl.training.checkpoint import capture_rng_state, save_checkpoint
@@ -154,8 +160,10 @@ def _finish_epoch(run: _Run, epoch: int, sums: dict[str, float], n_steps: int, v
     row["time_s"] = round(seconds, 3)
     state.history.append(row)
     if tc.image_grid and first_val is not None:
-        png = save_image_grid(run.out_dir / "images" / f"epoch_{epoch:03d}.png", method.visuals(first_val),
-                              title=f"{method.name} epoch {epoch}: val Dice {val['val_dice']:.3f}")
+        png = run.out_dir / "images" / f"epoch_{epoch:03d}.png"
+        visuals = method.visuals(first_val)
+        with writing(png):
+            save_image_grid(png, visuals, title=f"{method.name} epoch {epoch}: val Dice {val['val_dice']:.3f}")
         run.tb.image("val/grid", png, state.global_step)
     run.tb.scalars("epoch", {k: v for k, v in row.items() if k not in ("epoch", "step")}, state.global_step)
     preprocess = {"student": run.data.student_pp.to_dict(), "mr": run.data.mr_pp.to_dict() if run.data.mr_pp else None}
@@ -166,9 +174,12 @@ def _finish_epoch(run: _Run, epoch: int, sums: dict[str, float], n_steps: int, v
     }
     # best before last: a crash in between never leaves a last.pt whose "best" names weights that best.pt lacks
     if improved:
-        save_checkpoint(run.best_path, payload)
-    save_checkpoint(run.last_path, payload)
-    write_history_csv(run.out_dir / "log.csv", state.history)
+        with writing(run.best_path):
+            save_checkpoint(run.best_path, payload)
+    with writing(run.last_path):
+        save_checkpoint(run.last_path, payload)
+    with writing(run.out_dir / "log.csv"):
+        write_history_csv(run.out_dir / "log.csv", state.history)
     if tc.progress:
         tqdm.write(f"{method.name} epoch {epoch}: "
                    + " ".join(f"{k}={row[k]:.4f}" for k in row if k.startswith(("train_loss", "val_")))
@@ -179,6 +190,9 @@ def _finish_epoch(run: _Run, epoch: int, sums: dict[str, float], n_steps: int, v
 def _start(config: TrainConfig, data_manifest: Manifest | str | Path, mr_manifest: Manifest | str | Path | None,
            out_dir: Path, resume: bool, step_callback: Callable[[int, dict[str, float]], None] | None) -> _Run:
     """Check the run folder, build method and data, restore a resumed run; nothing is written before."""
+    manifests = [m for m in (data_manifest, mr_manifest) if isinstance(m, (str, Path))]
+    check_output_folder(out_dir, inputs=[*manifests, *(Path(m) / "manifest.json" for m in manifests)],
+                        planned=[out_dir / n for n in ("config.yaml", "last.pt", "best.pt", "log.csv")])
     if not resume and (out_dir / "last.pt").exists():
         raise InputError("already holds a training run (last.pt); use --resume or another --out", out_dir)
     ckpt = load_resume_checkpoint(out_dir / "last.pt", config) if resume else None
@@ -195,8 +209,9 @@ def _start(config: TrainConfig, data_manifest: Manifest | str | Path, mr_manifes
         raise ConfigError(f"data.samples_per_epoch ({len(data.train)}) is smaller than the batch size")
     state = restore_run(method, ckpt)
     total_steps = tc.max_epochs * (len(data.train) // tc.batch_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
+    with writing(out_dir / "config.yaml"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
     tb = TensorBoardLogger(out_dir / "tb", purge_step=state.global_step if resume else None)
     return _Run(config, method, data, device, out_dir, state, tb, total_steps, step_callback)
 
@@ -222,7 +237,8 @@ def train(
         step_callback: called as ``step_callback(global_step, losses)`` after every step (tests, demo).
 
     Raises:
-        InputError: bad manifests, MRI of the same patients, an existing run without ``resume``.
+        InputError: bad manifests, MRI of the same patients, an existing run without ``resume``, a run
+            folder that is a file or cannot be written, a failed write (disk full) naming the file.
         ConfigError: invalid settings, or a resumed run whose settings differ.
         TrainingDiverged: a non-finite loss (the last good checkpoint is kept).
     """

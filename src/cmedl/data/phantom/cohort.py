@@ -14,6 +14,7 @@ to 3.03 x 2.68 x 2.5 mm, and a field of view shifted by up to 15 mm per case.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,6 +30,7 @@ from cmedl.data.phantom.anatomy import Anatomy, Grid, TumourInfo, build_anatomy,
 from cmedl.data.phantom.cbct import render_cbct
 from cmedl.data.phantom.ct import DEFAULT_TUMOUR_CONTRAST_HU, render_ct
 from cmedl.data.phantom.mri import render_mr
+from cmedl.data.phantom.staging import MANIFEST, check_destination, commit, staging_folder
 from cmedl.errors import InputError, did_you_mean
 from cmedl.io.volume import Volume, write_volume
 
@@ -38,6 +40,8 @@ DEFAULT_SHAPE = (48, 128, 128)
 DEFAULT_FOV_MM = (346.0, 346.0, 144.0)
 #: MRI spacing / CT spacing, (x, y, z), from the papers (1.1/0.98, 0.97/0.98, 2.5/3.0).
 MR_SPACING_RATIO = (1.1 / 0.98, 0.97 / 0.98, 2.5 / 3.0)
+#: most voxels of one image (2**31: 4 GiB as int16; rendering needs several float copies of it)
+MAX_VOXELS = 2**31
 
 
 @dataclass
@@ -60,18 +64,19 @@ def default_spacing(shape: Sequence[int]) -> tuple[float, float, float]:
 
 
 def _check_geometry(shape: Sequence[int], spacing: Sequence[float] | None, what: str) -> None:
-    if (
-        len(shape) != 3
-        or any(int(s) != s or s < 4 for s in shape)
-        or shape[1] < 16
-        or shape[2] < 16
-    ):
+    """Shape ``(z, y, x)``: integers, z >= 4, y, x >= 16, at most :data:`MAX_VOXELS` voxels;
+    spacing ``(x, y, z)``: three finite positive numbers."""
+    if len(shape) != 3 or any(int(s) != s or s < 4 for s in shape) or shape[1] < 16 or shape[2] < 16:
         raise InputError(
             f"{what}: shape must be 3 integers (z, y, x) with z >= 4 and y, x >= 16, got {tuple(shape)}"
         )
-    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+    voxels = math.prod(int(s) for s in shape)
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{what}: shape (z, y, x) {tuple(shape)} has {voxels:.3g} voxels per image; "
+                         f"at most {MAX_VOXELS} (2**31) are allowed")
+    if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing)):
         raise InputError(
-            f"{what}: spacing must be 3 positive numbers (x, y, z) in mm, got {tuple(spacing)}"
+            f"{what}: spacing must be 3 finite positive numbers (x, y, z) in mm, got {tuple(spacing)}"
         )
 
 
@@ -172,7 +177,7 @@ def _init_worker() -> None:
 
 def _write_case(args: tuple) -> dict:
     """Worker: generate one case and write ``images/<id>.nii.gz`` and ``labels/<id>.nii.gz``."""
-    modality, index, seed, shape, spacing, mr_spacing, out_dir, with_label, contrast = args
+    modality, index, seed, shape, spacing, mr_spacing, with_label, contrast, out_dir = args
     case = generate_case(
         modality, index, seed, shape, spacing, mr_spacing, ct_tumour_contrast_hu=contrast
     )
@@ -226,8 +231,10 @@ def generate_cohort(
             the calibrated, nearly invisible contrast; larger values for contrast studies).
 
     Raises:
-        InputError: bad counts/geometry, or ``out_dir`` already holds a manifest. On any error the
-            files written by this call are removed (no partial cohort).
+        InputError: bad counts/geometry, ``out_dir`` already holds a manifest (or a cohort file)
+            without ``overwrite``, or a folder stands where a cohort file goes. The cohort is
+            written beside ``out_dir`` and moved in only when complete
+            (:mod:`cmedl.data.phantom.staging`): on any error or interrupt ``out_dir`` is unchanged.
     """
     out = Path(out_dir)
     counts = _check_counts(n_ct, n_cbct, n_mr)
@@ -235,38 +242,33 @@ def generate_cohort(
     _check_geometry(shape, spacing, "CT grid")
     _check_geometry(shape, mr_spacing, "MRI grid")
     contrast = _check_contrast(ct_tumour_contrast_hu)
-    manifest_path = _prepare_out_dir(out, overwrite)
-    jobs = _cohort_jobs(counts, seed, shape, spacing, mr_spacing, out, mr_labels, contrast)
+    jobs = _cohort_jobs(counts, seed, shape, spacing, mr_spacing, mr_labels, contrast)
+    files = [f"images/{case_id(j[0], j[1])}.nii.gz" for j in jobs]
+    files += [f"labels/{case_id(j[0], j[1])}.nii.gz" for j in jobs if j[6]]  # j[6]: with a label
+    files += ["tumours.json", MANIFEST]  # the manifest last: it is what makes the cohort
+    check_destination(out, files, overwrite)
     n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(jobs))
     results: dict[str, dict] = {}
-    written: list[Path] = []
     reporter = _ProgressReporter(progress, len(jobs))
 
     def done(res: dict) -> None:
         results[res["id"]] = res
-        written.append(out / res["image"])
-        if res["label"]:
-            written.append(out / res["label"])
         reporter.advance(len(results))
 
     try:
-        _run_jobs(jobs, n_workers, done)
-        ordered = [results[case_id(j[0], j[1])] for j in jobs]
-        manifest = _cohort_manifest(ordered, counts, shape, seed, fractions, contrast)
-        tumours_path = out / "tumours.json"
-        tumours_path.write_text(
-            json.dumps({r["id"]: r["tumours"] for r in ordered}, indent=1) + "\n"
-        )
-        written.append(tumours_path)
-        manifest.save(manifest_path)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        with staging_folder(out) as stage:
+            _run_jobs([(*j, str(stage)) for j in jobs], n_workers, done)
+            ordered = [results[case_id(j[0], j[1])] for j in jobs]
+            manifest = _cohort_manifest(ordered, counts, shape, seed, fractions, contrast)
+            (stage / "tumours.json").write_text(
+                json.dumps({r["id"]: r["tumours"] for r in ordered}, indent=1) + "\n"
+            )
+            manifest.save(stage / MANIFEST)
+            commit(stage, out, files)
     finally:
         reporter.stop()
-    return manifest_path
+    return out / MANIFEST
 
 
 def _check_counts(n_ct: int, n_cbct: int, n_mr: int) -> dict[str, int]:
@@ -280,33 +282,19 @@ def _check_counts(n_ct: int, n_cbct: int, n_mr: int) -> dict[str, int]:
     return counts
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    """Create the cohort folder ``out`` and return its manifest path; refuse a file, or a folder
-    that already holds a manifest unless ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise InputError("exists and is not a folder", out)
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists() and not overwrite:
-        raise InputError(
-            "already holds a manifest.json; choose another folder or pass overwrite", out
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return manifest_path
-
-
 def _cohort_jobs(
     counts: dict[str, int],
     seed: int,
     shape: tuple[int, ...],
     spacing: Sequence[float] | None,
     mr_spacing: Sequence[float] | None,
-    out: Path,
     mr_labels: bool,
     contrast: tuple[float, float],
 ) -> list[tuple]:
-    """Arguments of :func:`_write_case` for every case: CT, then CBCT, then MRI, by index."""
+    """Arguments of :func:`_write_case` but the output folder, for every case: CT, then CBCT, then
+    MRI, by index."""
     return [
-        (mod, k, int(seed), shape, spacing, mr_spacing, str(out), mod != "mr" or mr_labels, contrast)
+        (mod, k, int(seed), shape, spacing, mr_spacing, mod != "mr" or mr_labels, contrast)
         for mod in ("ct", "cbct", "mr")
         for k in range(int(counts[mod]))
     ]
