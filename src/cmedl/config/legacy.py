@@ -85,9 +85,6 @@ def migrate_legacy_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
         elif value is not None:
             log.warning("config key %s is no longer used and was ignored", old)
         moved.append(old)
-    for section in ("loss", "model", "optim", "data"):  # sections emptied by the move
-        if out.get(section) == {} and section not in raw or (section in out and out[section] == {}):
-            out.pop(section)
     return out, moved
 
 
