@@ -24,6 +24,8 @@ app.add_typer(data_app, name="data")
 # (work in progress) is skipped so the rest of the CLI keeps working.
 _COMMAND_MODULES = (
     "cmedl.cli.data",
+    "cmedl.cli.export",
+    "cmedl.cli.propagate",
     "cmedl.cli.phantom",
     "cmedl.cli.evaluation",
     "cmedl.cli.train",
