@@ -25,16 +25,16 @@ import time
 from pathlib import Path
 
 
-def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str,
-                contrast: tuple[float, float] = (0.0, 12.0)) -> Path:
-    from cmedl.data.phantom import generate_cohort
+def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str, control: bool = False) -> Path:
+    from cmedl.data.phantom import PhantomOptions, generate_cohort
 
     manifest = root / "cohort" / "manifest.json"
     if manifest.is_file():
         return manifest
     nx, ny, nz = (int(v) for v in size.split("x"))
     return generate_cohort(root / "cohort", n_ct=n_ct, n_cbct=0, n_mr=n_mr, seed=seed, shape=(nz, ny, nx),
-                           fractions=(0.7, 0.3, 0.0), workers=4, ct_tumour_contrast_hu=contrast)
+                           fractions=(0.7, 0.3, 0.0), workers=4,
+                           options=PhantomOptions.control() if control else PhantomOptions())
 
 
 def read_curve(run: Path) -> list[float]:
@@ -60,13 +60,12 @@ def main() -> None:
     ap.add_argument("--ct", type=int, default=30)
     ap.add_argument("--mr", type=int, default=12)
     ap.add_argument("--size", default="112x112x32", help="X x Y x Z voxels")
-    ap.add_argument("--ct-tumour-contrast", default="0,12",
-                    help="LO,HI |tumour - mediastinum| HU on CT (phantom default 0,12)")
+    ap.add_argument("--control", action="store_true",
+                    help="the negative-control cohort (random-sign 0-12 HU) instead of the cue cohort")
     args = ap.parse_args()
 
     t0 = time.time()
-    lo, hi = (float(v) for v in args.ct_tumour_contrast.split(","))
-    manifest = make_cohort(args.out, args.ct, args.mr, args.cohort_seed, args.size, (lo, hi))
+    manifest = make_cohort(args.out, args.ct, args.mr, args.cohort_seed, args.size, args.control)
     print(f"cohort {manifest} ready after {time.time() - t0:.0f} s", flush=True)
     runs = [(m, s, args.out / "runs" / f"{m}_seed{s}") for m in args.methods for s in args.seeds]
     pending = list(runs)

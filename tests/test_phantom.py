@@ -13,6 +13,7 @@ from cmedl.cli import app
 from cmedl.data.manifest import Manifest
 from cmedl.data.phantom import (
     Grid,
+    PhantomOptions,
     Tissue,
     case_id,
     default_spacing,
@@ -23,7 +24,6 @@ from cmedl.data.phantom import (
 )
 from cmedl.data.phantom import cohort
 from cmedl.data.phantom.anatomy import smooth_field
-from cmedl.data.phantom.ct import ct_clean, tumour_offset_hu
 from cmedl.errors import InputError
 from cmedl.io import read_volume
 
@@ -89,43 +89,15 @@ def test_ct_tumour_close_to_mediastinum_far_from_lung():
         diffs.append(t - m)
         assert t - lu > 600, (k, t, lu)
     assert len(diffs) >= 2
-    # within ~20 HU of mediastinal soft tissue (the noise SD is 18 HU): a nearly invisible boundary
-    assert max(abs(d) for d in diffs) < 25, diffs
-
-
-def test_ct_tumour_contrast_option_sets_the_offset_range():
-    _, anat = generate_case("ct", 2, 0, TINY, return_anatomy=True)
-    c = anat.patient.tumour_contrast
-    assert tumour_offset_hu(anat) == pytest.approx(12.0 * c)  # default: the calibrated +-12 HU
-    off = tumour_offset_hu(anat, (30.0, 40.0))
-    assert off == pytest.approx(np.sign(c) * (30.0 + 10.0 * abs(c))) and 30.0 <= abs(off) <= 40.0
-    # in the noise-free CT the tumour core moves by exactly the change of offset; the rest stays
-    lab = anat.labels
-    core = ndi.binary_erosion(lab == Tissue.TUMOUR, iterations=2)
-    far = ndi.binary_dilation(lab == Tissue.TUMOUR, iterations=6) == 0
-    a, b = ct_clean(anat), ct_clean(anat, tumour_contrast_hu=(30.0, 40.0))
-    if core.any():
-        assert float(np.median(b[core] - a[core])) == pytest.approx(off - 12.0 * c, abs=0.5)
-    np.testing.assert_allclose(a[far], b[far], atol=1e-3)
-    # the default keeps cohorts byte-identical; a range changes the CT but not the MRI or masks
-    ref = generate_case("ct", 2, 0, TINY)
-    same = generate_case("ct", 2, 0, TINY, ct_tumour_contrast_hu=(0, 12))
-    assert np.array_equal(ref.image.array, same.image.array)
-    strong = generate_case("ct", 2, 0, TINY, ct_tumour_contrast_hu=(30, 40))
-    assert not np.array_equal(ref.image.array, strong.image.array)
-    assert np.array_equal(ref.mask.array, strong.mask.array)
-    mr = generate_case("mr", 0, 0, TINY)
-    assert np.array_equal(mr.image.array, generate_case("mr", 0, 0, TINY, ct_tumour_contrast_hu=(30, 40)).image.array)
-    for bad in [(12, 0), (-5, 10), (0, 1000), (1, 2, 3), 5.0, ("a", 1)]:
-        with pytest.raises(InputError, match="CT tumour contrast"):
-            generate_case("ct", 0, 0, TINY, ct_tumour_contrast_hu=bad)
+    # the cue cohort: brighter than mediastinal soft tissue, but by less than 2 noise SDs (18 HU)
+    assert max(abs(d) for d in diffs) < 36, diffs
 
 
 def test_mr_tumour_bright_against_muscle_and_mediastinum():
     for k in range(3):
         case, anat = generate_case("mr", k, 0, SMALL, return_anatomy=True)
         img, lab = case.image.array.astype(float), anat.labels
-        tum = np.median(img[lab == Tissue.TUMOUR])
+        tum = np.median(img[ndi.binary_erosion(lab == Tissue.TUMOUR)])  # no partial volume with lung
         muscle = np.median(img[lab == Tissue.MUSCLE])
         med = np.median(img[lab == Tissue.MEDIASTINUM])
         fat = np.median(img[lab == Tissue.FAT])
@@ -144,7 +116,7 @@ def test_cbct_noisier_and_lower_contrast_than_ct_of_same_anatomy():
     inside = cb > -999  # cylindrical field of view
     assert (~inside & (lab != Tissue.AIR)).any() or (cb == -1000).any()
     fat = ndi.binary_erosion(lab == Tissue.FAT, iterations=1) & inside
-    muscle = ndi.binary_erosion(lab == Tissue.MUSCLE, iterations=1) & inside
+    muscle = ndi.binary_erosion(lab == Tissue.MUSCLE, iterations=2) & inside  # no edge voxels
 
     def contrast(v):
         return v[muscle].mean() - v[fat].mean()
@@ -247,11 +219,15 @@ def test_cli_creates_cohort_and_reports_errors(tmp_path):
     bad = runner.invoke(app, ["data", "phantom", "--out", str(tmp_path / "z"), "--size", "48x48"])
     assert bad.exit_code == 1 and "--size" in bad.output
     assert not (tmp_path / "z").exists()
-    bad = runner.invoke(app, ["data", "phantom", "--out", str(tmp_path / "z"), "--ct-tumour-contrast", "20"])
-    assert bad.exit_code == 1 and "--ct-tumour-contrast" in bad.output and len(bad.output.strip().splitlines()) == 1
-    res = runner.invoke(app, [*args[:3], str(tmp_path / "c"), *args[4:], "--ct-tumour-contrast", "20,30"])
+    bad = runner.invoke(app, ["data", "phantom", "--out", str(tmp_path / "z"), "--ct-cue", "20"])
+    assert bad.exit_code == 1 and "--ct-cue" in bad.output and len(bad.output.strip().splitlines()) == 1
+    bad = runner.invoke(app, ["data", "phantom", "--out", str(tmp_path / "z"), "--cue-sign", "negativ"])
+    assert bad.exit_code == 1 and "cue sign" in bad.output and not (tmp_path / "z").exists()
+    res = runner.invoke(app, [*args[:3], str(tmp_path / "c"), *args[4:], "--control", "--kind-mix", "0,1,0"])
     assert res.exit_code == 0, res.output
     m = Manifest.load(tmp_path / "c" / "manifest.json")
-    assert "CT tumour contrast 20-30 HU" in m.description
-    strong = read_volume(m.image_path(m.get("ct_P001")))
-    assert np.array_equal(strong.array, generate_case("ct", 1, 3, (16, 48, 48), ct_tumour_contrast_hu=(20, 30)).image.array)
+    assert "control cohort" in m.description and "random-sign 0..12 HU" in m.description
+    assert {c.tumour_kind for c in m.select(modality="ct")} <= {"mediastinal", "lung"}
+    ctl = read_volume(m.image_path(m.get("ct_P001")))
+    opts = PhantomOptions.control(kind_mix=(0, 1, 0))
+    assert np.array_equal(ctl.array, generate_case("ct", 1, 3, (16, 48, 48), options=opts).image.array)

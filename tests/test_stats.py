@@ -73,3 +73,61 @@ def test_format_p() -> None:
     assert format_p(0.0004) == "< 0.001"
     assert format_p(0.0456) == "0.046"
     assert format_p(math.nan) == "n/a"
+
+
+# ------------------------------------------------------------------ bootstrap CIs, ties, diagnostics
+def test_bootstrap_mean_ci_known_answers():
+    from cmedl.evaluation.stats import bootstrap_mean_ci
+
+    rng = np.random.default_rng(3)
+    v = rng.normal(0.5, 0.1, 400)
+    ci = bootstrap_mean_ci(v, n_resamples=2000, seed=1)
+    half = 1.96 * v.std(ddof=1) / np.sqrt(v.size)  # large-sample normal interval
+    assert ci.estimate == pytest.approx(v.mean())
+    assert ci.low == pytest.approx(v.mean() - half, abs=0.3 * half)
+    assert ci.high == pytest.approx(v.mean() + half, abs=0.3 * half)
+    assert bootstrap_mean_ci(v, n_resamples=2000, seed=1) == ci  # reproducible from the seed
+    const = bootstrap_mean_ci([0.2, 0.2, 0.2, float("nan")])
+    assert (const.estimate, const.low, const.high, const.n) == (pytest.approx(0.2),) * 3 + (3,)
+    empty = bootstrap_mean_ci([float("nan")])
+    assert empty.n == 0 and np.isnan(empty.estimate) and empty.format() == "n/a"
+    assert ci.format(2).startswith("+0.50 [+0.4")
+    with pytest.raises(InputError, match="confidence"):
+        bootstrap_mean_ci(v, confidence=1.5)
+
+
+def test_paired_difference_and_tie_handling():
+    from cmedl.evaluation.stats import paired_difference, wilcoxon_paired
+
+    a = np.array([0.0, 0.0, 0.8, 0.7, 0.9, 0.6, 0.75, 0.85])
+    b = np.array([0.0, 0.0, 0.7, 0.6, 0.8, 0.5, 0.65, 0.75])  # two ties at 0 (both missed), +0.1 else
+    res = paired_difference(a, b, n_resamples=2000)
+    assert res.difference.estimate == pytest.approx(0.075)  # mean over all 8 pairs, ties included
+    assert res.difference.low <= 0.075 <= res.difference.high and res.difference.high <= 0.1 + 1e-9
+    assert res.test.n == 8 and res.test.n_zero == 2
+    # the zero differences are dropped from the ranking: the test is the one on the 6 others
+    six = wilcoxon_paired(a[2:], b[2:])
+    assert res.test.p_value == pytest.approx(six.p_value) and res.test.statistic == six.statistic
+    assert wilcoxon_paired([0.3, 0.3], [0.3, 0.3]).p_value == 1.0
+    with pytest.raises(InputError, match="equal lengths"):
+        paired_difference([1, 2], [1])
+
+
+def test_separation_auc_known_answers():
+    from cmedl.evaluation.diagnostics import separation_auc
+
+    img = np.array([1.0, 2.0, 3.0, 4.0, 2.0, 2.0])
+    pos = np.array([0, 0, 1, 1, 0, 0], bool)
+    neg = np.array([1, 1, 0, 0, 0, 0], bool)
+    assert separation_auc(img, pos, neg) == 1.0
+    assert separation_auc(img, neg, pos) == 0.0
+    tie = np.array([0, 1, 0, 0, 1, 0], bool)  # 2 vs 2: all ties
+    assert separation_auc(img, tie, np.array([0, 0, 0, 0, 0, 1], bool)) == 0.5
+    # P(X > Y) + P(tie)/2 against a brute-force count
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, 300).astype(float)
+    p = rng.random(300) < 0.4
+    n = ~p
+    brute = np.mean([(u > w) + 0.5 * (u == w) for u in x[p] for w in x[n]])
+    assert separation_auc(x, p, n) == pytest.approx(brute)
+    assert np.isnan(separation_auc(img, np.zeros(6, bool), neg))

@@ -83,19 +83,56 @@ def phantom(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a cohort already in --out.")
     ] = False,
-    ct_tumour_contrast: Annotated[
-        str,
-        typer.Option(
-            "--ct-tumour-contrast",
-            help="LO,HI: range of |tumour - mediastinum| HU on CT/CBCT (default 0,12: calibrated, "
-            "nearly invisible; raise it to study how much CT contrast a method needs).",
-        ),
-    ] = "0,12",
+    control: Annotated[
+        bool,
+        typer.Option("--control", help="Negative-control cohort: the original random-sign 0-12 HU CT "
+                     "tumour contrast (no consistent cue); same as --ct-cue 0,12 --cue-sign random."),
+    ] = False,
+    ct_cue: Annotated[
+        str | None,
+        typer.Option("--ct-cue", help="LO,HI: tumour minus the soft tissue it abuts on CT/CBCT, HU "
+                     "(default 15,25; with --control 0,12)."),
+    ] = None,
+    cue_sign: Annotated[
+        str | None,
+        typer.Option("--cue-sign", help="positive (same sign in every patient; default) or random (--control)."),
+    ] = None,
+    diameters: Annotated[
+        str, typer.Option("--diameters", help="LO,HI: dominant tumour diameter range, mm (log-uniform).")
+    ] = "20,50",
+    nodule_share: Annotated[
+        float, typer.Option("--nodule-share", help="Share of dominant tumours drawn as 5-15 mm nodules.")
+    ] = 0.0,
+    second_tumour: Annotated[
+        float, typer.Option("--second-tumour", help="Share of patients with a second, smaller tumour.")
+    ] = 0.0,
+    kind_mix: Annotated[
+        str, typer.Option("--kind-mix", help="Shares of lung,mediastinal,chest-wall tumours.")
+    ] = "1,1,1",
+    paired_oracle: Annotated[
+        bool,
+        typer.Option("--paired-oracle", help="Also render each CT/CBCT patient as MRI on its own grid "
+                     "(paired_mr/): an upper-bound control arm only."),
+    ] = False,
 ) -> None:
     """Synthesise a thoracic phantom cohort (CT in HU, CBCT with artefacts, T2w MRI) with tumour masks."""
     from cmedl.data.phantom import generate_cohort  # lazy: fast `cmedl --help`
     from cmedl.data.phantom.cohort import MAX_VOXELS  # lazy: as above
 
+    from cmedl.data.phantom.options import PhantomOptions, parse_kind_mix  # lazy: as above
+
+    study = dict(
+        diameter_mm=_floats(diameters, 2, f"--diameters: expected two numbers LO,HI, got {diameters!r}"),
+        nodule_share=nodule_share,
+        second_tumour=second_tumour,
+        kind_mix=parse_kind_mix(kind_mix),
+        paired_oracle=paired_oracle,
+    )
+    if ct_cue is not None:
+        study["ct_cue_hu"] = _floats(ct_cue, 2, f"--ct-cue: expected two numbers LO,HI, got {ct_cue!r}")
+    if cue_sign is not None:
+        study["cue_sign"] = cue_sign
+    options = PhantomOptions.control(**study) if control else PhantomOptions(**study)
     nx, ny, nz = _triple(size, "size", int)  # type: ignore[misc]
     if nx * ny * nz > MAX_VOXELS:
         raise InputError(f"--size {size} is {nx * ny * nz:.3g} voxels per image; at most {MAX_VOXELS} (2**31)")
@@ -113,8 +150,6 @@ def phantom(
         workers=workers,
         overwrite=overwrite,
         progress=True,
-        ct_tumour_contrast_hu=_floats(
-            ct_tumour_contrast, 2, f"--ct-tumour-contrast: expected two numbers LO,HI, got {ct_tumour_contrast!r}"
-        ),
+        options=options,
     )
     console.print(f"wrote {ct + cbct + mr} cases and {path}")

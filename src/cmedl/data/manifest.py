@@ -15,6 +15,9 @@ Format (paths are relative to the manifest file's folder, or absolute)::
 
 ``modality`` is one of ``ct``, ``cbct``, ``mr``; ``label`` may be null (e.g. unlabelled MRI);
 ``split`` is one of ``train``, ``val``, ``test``. All cases of one patient share one split.
+Optional keys (written only when set): ``tumour_kind`` (a free-text stratum such as the phantom's
+``lung`` / ``mediastinal`` / ``chest-wall``, which evaluation reports per kind) and ``paired_mr`` (an
+MRI of the same patient on the case's image grid: the phantom's paired-oracle control arm).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Case:
     image: str
     label: str | None = None
     split: str = "train"
+    tumour_kind: str | None = None
+    paired_mr: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("id", "patient_id"):
@@ -62,14 +67,21 @@ class Case:
             raise InputError(did_you_mean(self.modality, MODALITIES, "modality"))
         if self.split not in SPLITS:
             raise InputError(did_you_mean(self.split, SPLITS, "split"))
-        for name in ("image", "label"):
+        for name in ("image", "label", "paired_mr"):
             value = getattr(self, name)
             if (value is not None or name == "image") and (not isinstance(value, str) or not value.strip()):
                 raise InputError(f"{name}: expected a file path (a non-empty string), got {value!r}")
+        if self.tumour_kind is not None and (not isinstance(self.tumour_kind, str) or not self.tumour_kind.strip()):
+            raise InputError(f"tumour_kind: expected a non-empty string or null, got {self.tumour_kind!r}")
+
+    def to_dict(self) -> dict:
+        """JSON form; the optional keys only when set (manifests without them stay as they were)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in _OPTIONAL_KEYS}
 
 
 _CASE_KEYS = tuple(f.name for f in dataclasses.fields(Case))
 _REQUIRED_KEYS = ("id", "patient_id", "modality", "image")
+_OPTIONAL_KEYS = ("tumour_kind", "paired_mr")
 
 
 def _case_from_json(index: int, item: object, path: Path) -> Case:
@@ -114,6 +126,9 @@ class Manifest:
     def label_path(self, case: Case) -> Path | None:
         return None if case.label is None else (self.root / case.label).resolve()
 
+    def paired_mr_path(self, case: Case) -> Path | None:
+        return None if case.paired_mr is None else (self.root / case.paired_mr).resolve()
+
     def select(
         self,
         split: str | Sequence[str] | None = None,
@@ -156,7 +171,7 @@ class Manifest:
             "name": self.name,
             "description": self.description,
             "seed": self.seed,
-            "cases": [asdict(c) for c in self.cases],
+            "cases": [c.to_dict() for c in self.cases],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -253,4 +268,4 @@ def split_by_patient(
         for rank, idx in enumerate(order):
             split = SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
             assignment[patients[idx]] = split
-    return [Case(c.id, c.patient_id, c.modality, c.image, c.label, assignment[c.patient_id]) for c in cases]
+    return [dataclasses.replace(c, split=assignment[c.patient_id]) for c in cases]

@@ -6,6 +6,8 @@
 - :func:`wilcoxon_paired`: two-sided Wilcoxon signed-rank test on paired values (scipy).
 - :func:`holm_bonferroni`: Holm's step-down adjustment of a family of p-values.
 - :func:`coefficient_of_variation`: ``CV = SD / mean`` (CT paper, Table IV).
+- :func:`bootstrap_mean_ci`: a bootstrap confidence interval of a mean (BCa, scipy);
+  :func:`paired_difference`: mean paired difference with its CI, plus the Wilcoxon test.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class PairedTest:
     statistic: float
     p_value: float
     median_difference: float  # median of a - b over the pairs (inf allowed)
+    n_zero: int = 0  # pairs with a zero difference (ties), left out of the ranking
 
 
 def wilcoxon_paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairedTest:
@@ -101,8 +104,11 @@ def wilcoxon_paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nda
     Pairs with a NaN are dropped. ``inf`` values are allowed (HD95 of a missed tumour): two equal
     infinities are a zero difference; a single infinity is replaced by a difference larger than
     every finite one with the same sign. The signed-rank test only uses the signs and ranks of the
-    differences, so this is exact. Zero differences are dropped (``zero_method="wilcox"``); if
-    all differences are zero, p = 1. scipy chooses the exact or normal-approximation method.
+    differences, so this is exact. Ties: zero differences (e.g. two methods that both miss a
+    tumour, DSC 0 and 0) are dropped before ranking (``zero_method="wilcox"``, Wilcoxon's original
+    rule) and counted in ``n_zero``; equal non-zero differences get their average rank. If all
+    differences are zero, p = 1. scipy uses the exact null distribution for small samples without
+    ties or zeros, otherwise the normal approximation with the tie correction of the variance.
     """
     x = np.asarray(a, dtype=np.float64).ravel()
     y = np.asarray(b, dtype=np.float64).ravel()
@@ -121,10 +127,11 @@ def wilcoxon_paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nda
     if inf.any():
         big = (np.abs(d[~inf]).max() if (~inf).any() else 0.0) * 2.0 + 1.0
         d[inf] = np.sign(d[inf]) * big
-    if not np.any(d != 0):
-        return PairedTest(n, 0.0, 1.0, med)
+    n_zero = int(np.sum(d == 0))
+    if n_zero == n:
+        return PairedTest(n, 0.0, 1.0, med, n_zero)
     res = sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
-    return PairedTest(n, float(res.statistic), float(res.pvalue), med)
+    return PairedTest(n, float(res.statistic), float(res.pvalue), med, n_zero)
 
 
 def holm_bonferroni(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -153,3 +160,80 @@ def format_p(p: float) -> str:
     if not math.isfinite(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """A point estimate with a bootstrap confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    def format(self, digits: int = 3) -> str:
+        """``"+0.052 [-0.010, +0.114]"``"""
+        if not math.isfinite(self.estimate):
+            return "n/a"
+        return (f"{self.estimate:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]")
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Mean of the finite ``values`` with a bias-corrected and accelerated (BCa) bootstrap interval
+    (``scipy.stats.bootstrap``, ``n_resamples`` resamples from ``seed``: reproducible). Constant
+    values give a zero-width interval; fewer than 2 values give NaN bounds."""
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return ConfidenceInterval(math.nan, math.nan, math.nan, 0, confidence)
+    mean = float(v.mean())
+    if n < 2:
+        return ConfidenceInterval(mean, math.nan, math.nan, n, confidence)
+    if np.all(v == v[0]):  # BCa is undefined on a degenerate sample; the interval is the point
+        return ConfidenceInterval(mean, mean, mean, n, confidence)
+    res = sps.bootstrap(
+        (v,), np.mean, confidence_level=confidence, n_resamples=int(n_resamples),
+        method="BCa", rng=np.random.default_rng(seed),
+    )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):  # BCa failed (e.g. n tiny): percentile
+        res = sps.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=int(n_resamples),
+                            method="percentile", rng=np.random.default_rng(seed))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return ConfidenceInterval(mean, low, high, n, confidence)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Method ``a`` vs method ``b`` on the same cases: mean difference with its bootstrap CI and the
+    Wilcoxon signed-rank test."""
+
+    difference: ConfidenceInterval  # mean of a - b over the finite pairs
+    test: PairedTest
+
+
+def paired_difference(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> PairedComparison:
+    """Mean paired difference ``a - b`` (pairs where both are finite) with a BCa bootstrap CI over
+    cases, and :func:`wilcoxon_paired` on the same pairs (see there for how ties are handled)."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise InputError(f"paired comparison needs equal lengths, got {x.size} and {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    ci = bootstrap_mean_ci(x[keep] - y[keep], confidence, n_resamples, seed)
+    return PairedComparison(ci, wilcoxon_paired(x, y))

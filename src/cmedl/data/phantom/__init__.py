@@ -2,12 +2,14 @@
 
 The built-in data set of cmedl: it lets the whole CMEDL study run without downloads. Each case is
 a randomised adult thorax (body outline, fat, muscle, ribs, spine, sternum, lungs with vessels,
-heart, aorta and great vessels, airways, mediastinum, diaphragm) with one or two lobulated or
-spiculated tumours (5-70 mm; in the lung, on the chest wall, or abutting/inside the mediastinum).
+heart, aorta and great vessels, airways, mediastinum, diaphragm) with one dominant lobulated or
+spiculated tumour (20-50 mm by default) of a recorded kind: ``lung``, ``mediastinal`` or
+``chest-wall`` (:mod:`.options`: sizes, kind mix, the CT cue, the paired oracle).
 A tissue label map (:mod:`.anatomy`) is rendered per modality:
 
-- :mod:`.ct`: HU calibrated on a real chest CT; the tumour is within +-12 HU of mediastinal soft
-  tissue (below the noise), so its mediastinal boundary is nearly invisible;
+- :mod:`.ct`: HU calibrated on a real chest CT; the tumour is 15-25 HU brighter than the soft tissue
+  it abuts (the cue cohort; a weak, learnable cue against 18 HU noise), or within a random-sign
+  +-12 HU of it in the negative control (``PhantomOptions.control()``: nearly invisible);
 - :mod:`.cbct`: CT plus scatter, cupping, streaks, rings, stronger noise and a limited FOV;
 - :mod:`.mri`: T2w contrast calibrated on real T2w MRI (tumour and fat bright, lung/bone dark,
   blood flow voids), bias field and Rician noise, on its own spacing and field of view.
@@ -36,6 +38,7 @@ from cmedl.data.phantom.cohort import (
 )
 from cmedl.data.phantom.ct import render_ct
 from cmedl.data.phantom.mri import render_mr
+from cmedl.data.phantom.options import TUMOUR_KINDS, PhantomOptions
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -43,6 +46,8 @@ __all__ = [
     "Grid",
     "Patient",
     "PhantomCase",
+    "PhantomOptions",
+    "TUMOUR_KINDS",
     "Tissue",
     "TumourInfo",
     "build_anatomy",

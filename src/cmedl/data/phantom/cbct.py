@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cmedl.data.phantom.anatomy import Anatomy, Tissue
-from cmedl.data.phantom.ct import DEFAULT_TUMOUR_CONTRAST_HU, correlated_noise, ct_clean
+from cmedl.data.phantom.ct import correlated_noise, ct_clean
 
 
 def _streaks(
@@ -53,17 +53,16 @@ def render_cbct(
     rng: np.random.Generator,
     noise_sd: float = 40.0,
     fov_radius_mm: float | None = None,
-    tumour_contrast_hu: tuple[float, float] = DEFAULT_TUMOUR_CONTRAST_HU,
 ) -> np.ndarray:
     """CBCT in HU (float32 ``[z, y, x]``, clipped to [-1024, 3071]).
 
     ``fov_radius_mm``: radius of the reconstructed cylinder (default: 0.36-0.42 of the in-plane
     field of view, i.e. ~125-145 mm for the default 346-mm grid, centred near the body axis).
-    ``tumour_contrast_hu``: see :func:`~cmedl.data.phantom.ct.tumour_offset_hu`."""
+    The tumour's HU is that of the CT (:func:`~cmedl.data.phantom.ct.tumour_hu`) before the artefacts."""
     grid, labels, p = anatomy.grid, anatomy.labels, anatomy.patient
     _, Y, X = grid.axes()
     Y2, X2 = Y[0], X[0]  # [ny,1], [1,nx]
-    hu = ct_clean(anatomy, blur_vox=(0.5, 0.9, 0.9), tumour_contrast_hu=tumour_contrast_hu)
+    hu = ct_clean(anatomy, blur_vox=(0.5, 0.9, 0.9))
     body = labels != Tissue.AIR
 
     mu = (hu + 1000.0) / 1000.0  # attenuation relative to water

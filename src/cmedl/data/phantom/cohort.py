@@ -28,8 +28,9 @@ import SimpleITK as sitk
 from cmedl.data.manifest import Case, Manifest, split_by_patient
 from cmedl.data.phantom.anatomy import Anatomy, Grid, TumourInfo, build_anatomy, sample_patient
 from cmedl.data.phantom.cbct import render_cbct
-from cmedl.data.phantom.ct import DEFAULT_TUMOUR_CONTRAST_HU, render_ct
+from cmedl.data.phantom.ct import render_ct
 from cmedl.data.phantom.mri import render_mr
+from cmedl.data.phantom.options import PhantomOptions
 from cmedl.data.phantom.staging import MANIFEST, check_destination, commit, staging_folder
 from cmedl.errors import InputError, did_you_mean
 from cmedl.io.volume import Volume, write_volume
@@ -42,6 +43,8 @@ DEFAULT_FOV_MM = (346.0, 346.0, 144.0)
 MR_SPACING_RATIO = (1.1 / 0.98, 0.97 / 0.98, 2.5 / 3.0)
 #: most voxels of one image (2**31: 4 GiB as int16; rendering needs several float copies of it)
 MAX_VOXELS = 2**31
+#: folder of the paired-oracle MRIs (CT patients' own anatomy as MRI on the CT grid)
+PAIRED_MR_DIR = "paired_mr"
 
 
 @dataclass
@@ -55,6 +58,13 @@ class PhantomCase:
     mask: Volume  #: uint8 union of the tumours
     labels: Volume  #: uint8 :class:`~cmedl.data.phantom.anatomy.Tissue` map
     tumours: list[TumourInfo]
+    #: the same anatomy as T2w MRI on the CT/CBCT grid (``PhantomOptions.paired_oracle``), else None
+    paired_mr: Volume | None = None
+
+    @property
+    def tumour_kind(self) -> str | None:
+        """The dominant (first) tumour's kind."""
+        return self.tumours[0].kind if self.tumours else None
 
 
 def default_spacing(shape: Sequence[int]) -> tuple[float, float, float]:
@@ -80,16 +90,6 @@ def _check_geometry(shape: Sequence[int], spacing: Sequence[float] | None, what:
         )
 
 
-def _check_contrast(value: Sequence[float]) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):  # not two numbers
-        lo = hi = float("nan")
-    if not (0.0 <= lo <= hi <= 500.0):
-        raise InputError(f"CT tumour contrast must be two HU values 0 <= LO <= HI <= 500, got {value!r}")
-    return lo, hi
-
-
 def case_id(modality: str, index: int) -> str:
     """The case (and patient) id of case ``index`` of ``modality``: ``ct_P000`` etc."""
     return f"{modality}_P{index:03d}"
@@ -103,7 +103,7 @@ def generate_case(
     spacing: Sequence[float] | None = None,
     mr_spacing: Sequence[float] | None = None,
     return_anatomy: bool = False,
-    ct_tumour_contrast_hu: Sequence[float] = DEFAULT_TUMOUR_CONTRAST_HU,
+    options: PhantomOptions | None = None,
 ) -> PhantomCase | tuple[PhantomCase, Anatomy]:
     """Generate case ``index`` of ``modality`` (``ct``, ``cbct`` or ``mr``).
 
@@ -112,26 +112,29 @@ def generate_case(
         spacing: CT/CBCT spacing ``(x, y, z)`` mm (default: :func:`default_spacing`).
         mr_spacing: MRI spacing ``(x, y, z)`` mm (default: CT spacing x :data:`MR_SPACING_RATIO`).
         return_anatomy: also return the :class:`Anatomy` (label map, texture, parameters).
-        ct_tumour_contrast_hu: ``(lo, hi)`` range of |tumour - mediastinum| HU on CT/CBCT (default
-            ``(0, 12)``, calibrated; see :func:`cmedl.data.phantom.ct.tumour_offset_hu`).
+        options: tumour sizes and kinds, the CT cue, the paired oracle (default: the cue cohort,
+            :class:`~cmedl.data.phantom.options.PhantomOptions`).
     """
     if modality not in MODALITY_CODES:
         raise InputError(did_you_mean(modality, MODALITY_CODES, "modality"))
     shape = tuple(int(s) for s in shape)
     _check_geometry(shape, spacing, "CT grid")
     _check_geometry(shape, mr_spacing, "MRI grid")
-    contrast = _check_contrast(ct_tumour_contrast_hu)
+    options = options or PhantomOptions()
     ss = np.random.SeedSequence([int(seed), MODALITY_CODES[modality], int(index)])
-    anat_rng, render_rng, grid_rng = (np.random.default_rng(s) for s in ss.spawn(3))
+    anat_rng, render_rng, grid_rng, oracle_rng = (np.random.default_rng(s) for s in ss.spawn(4))
     grid = _case_grid(modality, shape, spacing, mr_spacing, grid_rng)  # type: ignore[arg-type]
-    patient = sample_patient(anat_rng)
+    patient = sample_patient(anat_rng, options, int(index))
     anatomy = build_anatomy(patient, grid, anat_rng)
     if modality == "ct":
-        img = render_ct(anatomy, render_rng, tumour_contrast_hu=contrast)
+        img = render_ct(anatomy, render_rng)
     elif modality == "cbct":
-        img = render_cbct(anatomy, render_rng, tumour_contrast_hu=contrast)
+        img = render_cbct(anatomy, render_rng)
     else:
         img = render_mr(anatomy, render_rng)
+    paired_mr = None
+    if options.paired_oracle and modality != "mr":
+        paired_mr = grid.volume(np.rint(render_mr(anatomy, oracle_rng)).astype(np.int16))
     image = grid.volume(np.rint(img).astype(np.int16))
     cid = case_id(modality, index)
     image.meta.update(
@@ -145,6 +148,7 @@ def generate_case(
         grid.volume(anatomy.mask),
         grid.volume(anatomy.labels),
         anatomy.tumours,
+        paired_mr,
     )
     return (case, anatomy) if return_anatomy else case
 
@@ -177,10 +181,8 @@ def _init_worker() -> None:
 
 def _write_case(args: tuple) -> dict:
     """Worker: generate one case and write ``images/<id>.nii.gz`` and ``labels/<id>.nii.gz``."""
-    modality, index, seed, shape, spacing, mr_spacing, with_label, contrast, out_dir = args
-    case = generate_case(
-        modality, index, seed, shape, spacing, mr_spacing, ct_tumour_contrast_hu=contrast
-    )
+    modality, index, seed, shape, spacing, mr_spacing, with_label, options, out_dir = args
+    case = generate_case(modality, index, seed, shape, spacing, mr_spacing, options=options)
     assert isinstance(case, PhantomCase)
     out = Path(out_dir)
     img_rel = f"images/{case.case_id}.nii.gz"
@@ -189,12 +191,18 @@ def _write_case(args: tuple) -> dict:
     if with_label:
         lab_rel = f"labels/{case.case_id}.nii.gz"
         write_volume(case.mask, out / lab_rel)
+    paired_rel = None
+    if case.paired_mr is not None:
+        paired_rel = f"{PAIRED_MR_DIR}/{case.case_id}.nii.gz"
+        write_volume(case.paired_mr, out / paired_rel)
     return {
         "id": case.case_id,
         "patient_id": case.patient_id,
         "modality": modality,
         "image": img_rel,
         "label": lab_rel,
+        "paired_mr": paired_rel,
+        "tumour_kind": case.tumour_kind if modality != "mr" or with_label else None,
         "tumours": [t.__dict__ for t in case.tumours],
     }
 
@@ -213,22 +221,24 @@ def generate_cohort(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool | Callable[[int, int], None] = False,
-    ct_tumour_contrast_hu: Sequence[float] = DEFAULT_TUMOUR_CONTRAST_HU,
+    options: PhantomOptions | None = None,
 ) -> Path:
     """Write a phantom cohort to ``out_dir`` and return the path of its ``manifest.json``.
 
     Files: ``images/<id>.nii.gz`` (CT/CBCT int16 HU, MRI int16 a.u.), ``labels/<id>.nii.gz``
     (uint8 tumour mask on the image grid; for MRI only if ``mr_labels``), ``manifest.json``
     (:class:`~cmedl.data.manifest.Manifest`, split by patient with ``fractions`` and ``seed``)
-    and ``tumours.json`` (kind, centre, diameter of every tumour).
+    and ``tumours.json`` (kind, centre, diameter of every tumour); with ``options.paired_oracle``
+    also ``paired_mr/<id>.nii.gz`` per CT/CBCT case (its own anatomy as MRI on its grid). The manifest
+    records each case's ``tumour_kind`` (the dominant tumour's) and ``paired_mr``.
 
     Args:
         shape: voxels ``(z, y, x)`` of every image; spacing/mr_spacing: ``(x, y, z)`` mm.
         workers: processes (default ``min(2, cpu count)``; 1 = in this process).
         overwrite: replace an existing cohort in ``out_dir`` (else an existing manifest is an error).
         progress: show a rich progress bar (True) or call ``progress(done, total)``.
-        ct_tumour_contrast_hu: ``(lo, hi)`` |tumour - mediastinum| HU on CT/CBCT (default ``(0, 12)``:
-            the calibrated, nearly invisible contrast; larger values for contrast studies).
+        options: tumour sizes and kinds, the CT cue (default: the cue cohort; the negative control
+            is ``PhantomOptions.control()``), the paired oracle (:mod:`~cmedl.data.phantom.options`).
 
     Raises:
         InputError: bad counts/geometry, ``out_dir`` already holds a manifest (or a cohort file)
@@ -241,10 +251,12 @@ def generate_cohort(
     shape = tuple(int(s) for s in shape)
     _check_geometry(shape, spacing, "CT grid")
     _check_geometry(shape, mr_spacing, "MRI grid")
-    contrast = _check_contrast(ct_tumour_contrast_hu)
-    jobs = _cohort_jobs(counts, seed, shape, spacing, mr_spacing, mr_labels, contrast)
+    options = options or PhantomOptions()
+    jobs = _cohort_jobs(counts, seed, shape, spacing, mr_spacing, mr_labels, options)
     files = [f"images/{case_id(j[0], j[1])}.nii.gz" for j in jobs]
     files += [f"labels/{case_id(j[0], j[1])}.nii.gz" for j in jobs if j[6]]  # j[6]: with a label
+    if options.paired_oracle:
+        files += [f"{PAIRED_MR_DIR}/{case_id(j[0], j[1])}.nii.gz" for j in jobs if j[0] != "mr"]
     files += ["tumours.json", MANIFEST]  # the manifest last: it is what makes the cohort
     check_destination(out, files, overwrite)
     n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
@@ -260,7 +272,7 @@ def generate_cohort(
         with staging_folder(out) as stage:
             _run_jobs([(*j, str(stage)) for j in jobs], n_workers, done)
             ordered = [results[case_id(j[0], j[1])] for j in jobs]
-            manifest = _cohort_manifest(ordered, counts, shape, seed, fractions, contrast)
+            manifest = _cohort_manifest(ordered, counts, shape, seed, fractions, options)
             (stage / "tumours.json").write_text(
                 json.dumps({r["id"]: r["tumours"] for r in ordered}, indent=1) + "\n"
             )
@@ -289,12 +301,12 @@ def _cohort_jobs(
     spacing: Sequence[float] | None,
     mr_spacing: Sequence[float] | None,
     mr_labels: bool,
-    contrast: tuple[float, float],
+    options: PhantomOptions,
 ) -> list[tuple]:
     """Arguments of :func:`_write_case` but the output folder, for every case: CT, then CBCT, then
     MRI, by index."""
     return [
-        (mod, k, int(seed), shape, spacing, mr_spacing, mod != "mr" or mr_labels, contrast)
+        (mod, k, int(seed), shape, spacing, mr_spacing, mod != "mr" or mr_labels, options)
         for mod in ("ct", "cbct", "mr")
         for k in range(int(counts[mod]))
     ]
@@ -360,11 +372,13 @@ def _cohort_manifest(
     shape: tuple[int, ...],
     seed: int,
     fractions: tuple[float, float, float],
-    contrast: tuple[float, float],
+    options: PhantomOptions,
 ) -> Manifest:
     """The cohort's manifest: the written cases (in job order), split by patient."""
     cases = [
-        Case(r["id"], r["patient_id"], r["modality"], r["image"], r["label"]) for r in ordered
+        Case(r["id"], r["patient_id"], r["modality"], r["image"], r["label"],
+             tumour_kind=r["tumour_kind"], paired_mr=r["paired_mr"])
+        for r in ordered
     ]
     cases = split_by_patient(cases, fractions, seed=int(seed))
     nz, ny, nx = shape
@@ -375,8 +389,7 @@ def _cohort_manifest(
             f"synthetic thoracic phantom: {counts['ct']} CT, {counts['cbct']} CBCT, "
             f"{counts['mr']} T2w MRI (unpaired patients), "
             f"{nx}x{ny}x{nz} voxels, seed {seed}; labels = tumour masks"
-            + ("" if contrast == DEFAULT_TUMOUR_CONTRAST_HU
-               else f"; CT tumour contrast {contrast[0]:g}-{contrast[1]:g} HU")
+            + f"; {options.describe()}"
         ),
         seed=int(seed),
     )

@@ -14,12 +14,12 @@ noise             local SD ~13 HU in soft tissue and ~15 HU in fat on 2-mm avera
                   i.e. ~18-20 HU on a single 3-mm slice of a standard-dose scan
 ================  ==========================================================
 
-The tumour is set within +-12 HU of mediastinal soft tissue (below the noise SD of 18 HU), so a
-tumour touching the mediastinum or heart has an almost invisible boundary, while against lung
-(~900 HU lower) it is obvious: the premise of CMEDL. ``tumour_contrast_hu`` (``cmedl data phantom
---ct-tumour-contrast LO,HI``) widens that range for studies of how much CT contrast a method needs:
-|tumour - mediastinum| is then LO + (HI - LO) x |c| HU for the patient's contrast draw c in [-1, 1]
-(default 0,12: the calibrated +-12 HU above).
+The tumour is set relative to the soft tissue it abuts (mediastinum at 40 HU; chest-wall muscle at
+50 HU for a ``chest-wall`` tumour) by the patient's ``ct_tumour_offset_hu`` (:mod:`.options`): by
+default +15..25 HU in every patient (the *cue cohort*: a weak but consistent cue, per-voxel AUC ~0.75
+against 18 HU noise), or a random-sign 0..12 HU in the negative control (the calibrated original: a
+boundary against the mediastinum that is below the noise, no consistent sign). Against lung (~900 HU
+lower) every tumour is obvious: the premise of CMEDL.
 """
 
 from __future__ import annotations
@@ -65,18 +65,16 @@ CT_TEXTURE: dict[Tissue, float] = {
 }
 
 
-#: Default range of |tumour - mediastinum| on CT/CBCT (HU): the calibrated +-12 HU.
-DEFAULT_TUMOUR_CONTRAST_HU = (0.0, 12.0)
+def tumour_reference_hu(anatomy: Anatomy) -> float:
+    """HU of the soft tissue the patient's dominant tumour abuts: chest-wall muscle for a
+    ``chest-wall`` tumour, mediastinal soft tissue otherwise (the CT cue is relative to it)."""
+    kinds = [t.kind for t in anatomy.tumours] or list(anatomy.patient.tumour_kinds)
+    return CT_HU[T.MUSCLE] if kinds and kinds[0] == "chest-wall" else CT_HU[T.MEDIASTINUM]
 
 
-def tumour_offset_hu(anatomy: Anatomy,
-                     tumour_contrast_hu: tuple[float, float] = DEFAULT_TUMOUR_CONTRAST_HU) -> float:
-    """Tumour minus mediastinum HU for this patient (from the patient parameters, so CT and CBCT of
-    one anatomy agree): ``sign(c) * (lo + (hi - lo) * |c|)`` for the patient's draw ``c`` in [-1, 1],
-    i.e. in [-12, 12] HU with the default ``(0, 12)``."""
-    lo, hi = (float(v) for v in tumour_contrast_hu)
-    c = anatomy.patient.tumour_contrast
-    return float(np.sign(c)) * (lo + (hi - lo) * abs(c)) if c != 0 else 0.0
+def tumour_hu(anatomy: Anatomy) -> float:
+    """Mean CT HU of the patient's tumours: the abutting tissue plus ``ct_tumour_offset_hu``."""
+    return tumour_reference_hu(anatomy) + anatomy.patient.ct_tumour_offset_hu
 
 
 def _lut(values: dict[Tissue, float], default: float = 0.0) -> np.ndarray:
@@ -100,20 +98,15 @@ def correlated_noise(
     return n
 
 
-def ct_clean(
-    anatomy: Anatomy,
-    blur_vox: tuple[float, float, float] = (0.4, 0.6, 0.6),
-    tumour_contrast_hu: tuple[float, float] = DEFAULT_TUMOUR_CONTRAST_HU,
-) -> np.ndarray:
+def ct_clean(anatomy: Anatomy, blur_vox: tuple[float, float, float] = (0.4, 0.6, 0.6)) -> np.ndarray:
     """Noise-free CT (HU, float32 ``[z, y, x]``): tissue means + texture, gravity-dependent lung
-    density, breathing-dependent lung HU, partial-volume blur of ``blur_vox`` voxels (z, y, x);
-    ``tumour_contrast_hu``: see :func:`tumour_offset_hu`."""
+    density, breathing-dependent lung HU, the tumour at :func:`tumour_hu` (necrosis 18 HU below),
+    partial-volume blur of ``blur_vox`` voxels (z, y, x)."""
     p = anatomy.patient
     values = dict(CT_HU)
     values[T.LUNG] = CT_HU[T.LUNG] + (0.5 - p.breath) * 50.0
-    off = tumour_offset_hu(anatomy, tumour_contrast_hu)
-    values[T.TUMOUR] = CT_HU[T.MEDIASTINUM] + off
-    values[T.NECROSIS] = CT_HU[T.MEDIASTINUM] + off - 18.0
+    values[T.TUMOUR] = tumour_hu(anatomy)
+    values[T.NECROSIS] = values[T.TUMOUR] - 18.0
     labels = anatomy.labels
     hu = _lut(values)[labels]
     hu += _lut(CT_TEXTURE)[labels] * anatomy.texture
@@ -125,14 +118,9 @@ def ct_clean(
     return ndi.gaussian_filter(hu, blur_vox)
 
 
-def render_ct(
-    anatomy: Anatomy,
-    rng: np.random.Generator,
-    noise_sd: float = 18.0,
-    tumour_contrast_hu: tuple[float, float] = DEFAULT_TUMOUR_CONTRAST_HU,
-) -> np.ndarray:
+def render_ct(anatomy: Anatomy, rng: np.random.Generator, noise_sd: float = 18.0) -> np.ndarray:
     """CT in HU (float32 ``[z, y, x]``, clipped to [-1024, 3071]) with correlated noise of SD
-    ``noise_sd`` HU; ``tumour_contrast_hu``: see :func:`tumour_offset_hu`."""
-    hu = ct_clean(anatomy, tumour_contrast_hu=tumour_contrast_hu)
+    ``noise_sd`` HU."""
+    hu = ct_clean(anatomy)
     hu += correlated_noise(rng, hu.shape, noise_sd, 0.7)
     return np.clip(hu, -1024.0, 3071.0, out=hu)

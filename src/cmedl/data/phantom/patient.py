@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cmedl.data.phantom.options import TUMOUR_KINDS, PhantomOptions
+
 
 @dataclass
 class Patient:
@@ -36,35 +38,43 @@ class Patient:
     tumour_kinds: tuple[str, ...]
     tumour_diameters: tuple[float, ...]
     tumour_contrast: float  #: in [-1, 1]: tumour brightness vs its neighbours, per modality
+    #: CT/CBCT tumour minus the soft tissue it abuts (HU): the CT cue (see :mod:`.options`)
+    ct_tumour_offset_hu: float = 0.0
 
 
-def sample_patient(rng: np.random.Generator) -> Patient:
-    """Draw one adult thorax (all lengths mm)."""
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def ct_offset_hu(contrast: float, options: PhantomOptions) -> float:
+    """Tumour minus abutting soft tissue on CT (HU) for a patient's contrast draw ``contrast`` in [-1, 1]:
+    ``lo + (hi - lo) |c|`` with a positive sign (cue cohort) or the sign of ``c`` (control)."""
+    lo, hi = options.ct_cue_hu
+    magnitude = lo + (hi - lo) * abs(contrast)
+    if options.cue_sign == "positive":
+        return float(magnitude)
+    return float(np.sign(contrast)) * magnitude if contrast != 0 else 0.0
+
+
+def sample_patient(
+    rng: np.random.Generator, options: PhantomOptions | None = None, index: int = 0
+) -> Patient:
+    """Draw one adult thorax (all lengths mm) with the tumours of ``options`` (default: the cue cohort);
+    ``index`` (the case index) sets the dominant tumour's kind (:meth:`PhantomOptions.kind_for_index`)."""
+    options = options or PhantomOptions()
     u = rng.uniform
     breath = float(u(0, 1))
     dome_right = float(u(-45, -10) - 18 * breath)
-    n_tum = 1 + int(rng.random() < 0.4)
-    kinds = tuple(
-        rng.choice(
-            ["lung", "chest_wall", "mediastinal"],
-            size=n_tum,
-            replace=n_tum > 3,
-            p=[0.4, 0.25, 0.35],
-        )
-    )
-    # diameters: a radiotherapy (locally advanced NSCLC) cohort: log-uniform 15..70 mm, with
-    # 15 % small nodules of 5..15 mm, so most cases carry a tumour the demo networks can learn at
-    # ~3 mm voxels
-    diam = tuple(
-        float(
-            np.exp(
-                u(np.log(5.0), np.log(15.0))
-                if rng.random() < 0.15
-                else u(np.log(15.0), np.log(70.0))
-            )
-        )
-        for _ in range(n_tum)
-    )
+    kinds = [options.kind_for_index(index)]
+    lo, hi = options.diameter_mm
+    # one dominant tumour (a radiotherapy cohort: locally advanced NSCLC), maybe a small nodule
+    diam = [_log_uniform(rng, 5.0, 15.0) if rng.random() < options.nodule_share
+            else _log_uniform(rng, lo, hi)]
+    if rng.random() < options.second_tumour:  # a second, smaller tumour of a random kind
+        kinds.append(TUMOUR_KINDS[int(rng.choice(len(TUMOUR_KINDS), p=options.kind_mix))])
+        diam.append(diam[0] * float(u(0.3, 0.6)))
+    n_tum = len(kinds)
+    contrast = float(u(-1, 1))
     return Patient(
         cx=float(rng.normal(0, 5)),
         cy=float(rng.normal(5, 5)),
@@ -88,7 +98,8 @@ def sample_patient(rng: np.random.Generator) -> Patient:
         rib_drop=float(u(70, 110)),
         aorta_r=float(u(11, 14)),
         n_tumours=n_tum,
-        tumour_kinds=tuple(str(k) for k in kinds),
-        tumour_diameters=diam,
-        tumour_contrast=float(u(-1, 1)),
+        tumour_kinds=tuple(kinds),
+        tumour_diameters=tuple(diam),
+        tumour_contrast=contrast,
+        ct_tumour_offset_hu=ct_offset_hu(contrast, options),
     )

@@ -1,8 +1,12 @@
 """Tumours of the phantom: lobulated or spiculated solids placed in the lung, on the chest wall or
 against the mediastinum, written into a tissue label map (necrotic cores included).
 
-Each tumour gets up to 12 attempts, shrinking by 0.8 per attempt: pick a random candidate centre
-for its kind, draw a shape, and keep it if at least 3 voxels land on tissue a tumour may replace.
+Each tumour gets up to 12 attempts, three per size, shrinking by 0.8 every three: pick a random
+candidate centre for its kind, draw a shape, and keep it if at least 3 voxels land on tissue a tumour
+may replace and it abuts what its kind says (:func:`abutting_share`): a ``lung`` tumour is enclosed
+by lung, a ``mediastinal`` one touches mediastinal soft tissue or the heart, a ``chest-wall`` one the
+chest wall. A kind that cannot be placed on the grid falls back to ``lung``, and the recorded kind is
+always the placed one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from cmedl.data.phantom.tissue import N_TISSUES, Tissue
 
 T = Tissue
 _ATTEMPTS = 12
+_TRIES_PER_SIZE = 3
+
+#: What each kind abuts, and the least share of the tumour's one-voxel outer shell it must cover.
+ABUTTING: dict[str, tuple[tuple[int, ...], float]] = {
+    "lung": ((T.LUNG, T.LUNG_VESSEL, T.AIRWAY), 0.85),
+    "mediastinal": ((T.MEDIASTINUM, T.MYOCARDIUM, T.BLOOD), 0.15),
+    "chest-wall": ((T.MUSCLE, T.FAT, T.BONE, T.MARROW), 0.15),
+}
 
 #: Tissues a tumour may not replace. Tumours grow in lung and mediastinal soft tissue and can
 #: reach (but not replace) the heart and vessels.
@@ -128,12 +140,12 @@ def add_tumours(
     for kind, diam in zip(patient.tumour_kinds, patient.tumour_diameters):
         radius = max(diam / 2.0, min_r)
         info = None
-        for attempt in range(_ATTEMPTS):
-            r = radius * (0.8**attempt) if attempt else radius
-            r = max(r, min_r)
+        for attempt in range(2 * _ATTEMPTS):
+            if attempt == _ATTEMPTS:
+                kind = "lung"  # this kind does not fit the anatomy: place a lung tumour instead
+            r = max(radius * 0.8 ** ((attempt % _ATTEMPTS) // _TRIES_PER_SIZE), min_r)
             cand = _candidate_centres(kind, r, labels, cavity_sdf, depth)
             if cand.size == 0:
-                kind = "lung"  # no wall or mediastinal contact on this grid: fall back
                 continue
             info = _try_tumour(kind, r, cand, labels, grid, rng, axes, body_xy, cavity_sdf, f_lung)
             if info is not None:
@@ -152,7 +164,7 @@ def _candidate_centres(
     deep enough in the lung, near the chest wall, or touching mediastinal soft tissue."""
     if kind == "lung":
         return np.flatnonzero((depth.get() >= max(0.6 * r, 1.0)) & (labels == T.LUNG))
-    if kind == "chest_wall":
+    if kind == "chest-wall":
         near_wall = (
             (cavity_sdf > -max(0.5 * r, 3.0)) & (cavity_sdf < -0.5 * r + 3.0) & (labels == T.LUNG)
         )
@@ -189,10 +201,10 @@ def _try_tumour(
     inside, rr = tumour_shape(rng, axes, sl, centre, r)
     sub = labels[sl]
     allowed = ~_NO_TUMOUR[sub]
-    if kind == "chest_wall":
+    if kind == "chest-wall":
         allowed &= cavity_sdf[sl] <= 0.0
     put = inside & allowed
-    if int(put.sum()) < 3:
+    if int(put.sum()) < 3 or abutting_share(put, sub, kind) < ABUTTING[kind][1]:
         return None
     core = put & (rr < 0.5)
     sub[put] = T.TUMOUR
@@ -200,6 +212,16 @@ def _try_tumour(
         sub[core & (f_lung[sl] > -0.5)] = T.NECROSIS
     centre_mm = (float(centre[0]), float(centre[1]), float(centre[2]))
     return TumourInfo(kind, centre_mm, float(2 * r), int(put.sum()))
+
+
+def abutting_share(tumour: np.ndarray, labels: np.ndarray, kind: str) -> float:
+    """Share of the one-voxel outer shell of ``tumour`` (bool, same shape as ``labels``) made of the
+    tissues a tumour of ``kind`` abuts (:data:`ABUTTING`); 0 for an empty shell."""
+    shell = ndi.binary_dilation(tumour) & ~tumour
+    n = int(shell.sum())
+    if n == 0:
+        return 0.0
+    return float(np.isin(labels[shell], ABUTTING[kind][0]).sum()) / n
 
 
 def _fallback_tumour(  # pragma: no cover - extremely small grids only
