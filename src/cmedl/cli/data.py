@@ -12,7 +12,8 @@ import typer
 
 from cmedl.cli import data_app
 from cmedl.cli._common import console, handle_errors
-from cmedl.data.importer import describe_path, import_dicom_case, split_manifest
+from cmedl.data.cohort_import import import_data
+from cmedl.data.importer import describe_path, split_manifest
 
 
 def _fmt(values: Any, digits: int = 4) -> str:
@@ -26,24 +27,69 @@ def _fmt(values: Any, digits: int = 4) -> str:
 @data_app.command("import")
 @handle_errors
 def import_cmd(
-    dicom_dir: Annotated[Path, typer.Argument(help="Folder holding the DICOM image series.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A DICOM series folder (one case: --id), a DICOM cohort folder (one sub-folder per "
+            "patient), an images/ + labels/ folder, or an nnU-Net raw data set (dataset.json, imagesTr/).",
+        ),
+    ],
     out: Annotated[
         Path, typer.Option("--out", help="Data set folder (images/, labels/, manifest.json).")
     ],
-    case_id: Annotated[str, typer.Option("--id", help="Case id (file name stem).")],
+    case_id: Annotated[
+        str | None, typer.Option("--id", help="Case id (file name stem) of a single DICOM series.")
+    ] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            "--layout",
+            help="auto | dicom-series | dicom-cohort | folders | nnunet (auto: dataset.json or "
+            "imagesTr/ -> nnunet, images/ -> folders, DICOM files in SOURCE -> dicom-series, in "
+            "its sub-folders -> dicom-cohort).",
+        ),
+    ] = "auto",
     rtstruct: Annotated[
-        Path | None, typer.Option("--rtstruct", help="RTSTRUCT file for the label.")
+        Path | None, typer.Option("--rtstruct", help="RTSTRUCT file for the label (single series).")
     ] = None,
     roi: Annotated[
         str | None,
-        typer.Option("--roi", help="ROI name in the RTSTRUCT (optional if it has one ROI)."),
+        typer.Option("--roi", help="ROI name in the RTSTRUCT(s) (optional where there is one ROI)."),
+    ] = None,
+    roi_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--roi-pattern",
+            help="DICOM cohort: regular expression (full match, any case) over ROI names, e.g. "
+            "'GTV.*'; several matches are united into one label.",
+        ),
     ] = None,
     patient_id: Annotated[
-        str | None, typer.Option("--patient-id", help="Default: DICOM PatientID.")
+        str | None, typer.Option("--patient-id", help="Default: DICOM PatientID (single series).")
     ] = None,
     modality: Annotated[
-        str | None, typer.Option("--modality", help="ct, cbct or mr (default: from DICOM).")
+        str | None,
+        typer.Option(
+            "--modality",
+            help="ct, cbct or mr (default: from DICOM or nnU-Net's channel name; needed for an images/ "
+            "folder). For a DICOM cohort: import only series of this modality.",
+        ),
     ] = None,
+    label_value: Annotated[
+        int | None,
+        typer.Option(
+            "--label-value",
+            help="Image-file data sets: the label value of the tumour (default: nnU-Net's one "
+            "foreground / tumour-named label; images/ labels must be 0/1).",
+        ),
+    ] = None,
+    include_unlabelled: Annotated[
+        bool,
+        typer.Option(
+            "--include-unlabelled",
+            help="DICOM cohort: also import image series that no RTSTRUCT labels (without a label).",
+        ),
+    ] = False,
     series_uid: Annotated[
         str | None,
         typer.Option("--series-uid", help="SeriesInstanceUID if the folder has several."),
@@ -54,7 +100,7 @@ def import_cmd(
     ] = None,
     replace: Annotated[
         bool,
-        typer.Option("--replace", help="Replace the case --id if it exists (its image, label and entry)."),
+        typer.Option("--replace", help="Replace cases whose id exists (their image, label and entry)."),
     ] = False,
     no_reference_check: Annotated[
         bool,
@@ -65,26 +111,42 @@ def import_cmd(
         ),
     ] = False,
 ) -> None:
-    """Import a DICOM series (+ an RTSTRUCT ROI as label) as NIfTI and add it to a manifest."""
-    case = import_dicom_case(
-        dicom_dir,
+    """Import a DICOM series (+ RTSTRUCT ROI), a DICOM cohort, an images/ + labels/ folder or an
+    nnU-Net data set as NIfTI, and add the cases to a manifest."""
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+    result = import_data(
+        source,
         out,
-        case_id,
+        layout=layout,
+        case_id=case_id,
         rtstruct=rtstruct,
         roi=roi,
+        roi_pattern=roi_pattern,
         patient_id=patient_id,
         modality=modality,
         series_uid=series_uid,
+        label_value=label_value,
+        include_unlabelled=include_unlabelled,
         manifest=manifest,
         replace=replace,
         check_reference=not no_reference_check,
+        on_line=say,
     )
-    label = f", label {case.label}" if case.label else ""
-    console.print(
-        f"imported {case.id} (patient {case.patient_id}, {case.modality}, split {case.split}): "
-        f"image {case.image}{label}",
-        highlight=False,
-        soft_wrap=True,
+    if result.layout == "dicom-series":
+        case = result.cases[0]
+        label = f", label {case.label}" if case.label else ""
+        say(
+            f"imported {case.id} (patient {case.patient_id}, {case.modality}, split {case.split}): "
+            f"image {case.image}{label}"
+        )
+        return
+    labelled = sum(c.label is not None for c in result.cases)
+    say(
+        f"imported {len(result.cases)} case(s) of {result.patients} patient(s), {labelled} labelled "
+        f"({len(result.skipped)} skipped, 0 failed) in {result.seconds:.1f} s; manifest {result.manifest}"
     )
 
 

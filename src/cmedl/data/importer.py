@@ -8,6 +8,10 @@ These are the library functions behind ``cmedl data import | info | split``:
   files are written to temporaries that are moved into place only when all succeeded.
 - :func:`describe_path` summarises an image file, a DICOM folder, an RTSTRUCT or a manifest.
 - :func:`split_manifest` assigns train/val/test by patient and rewrites the manifest atomically.
+
+Cohorts (a DICOM cohort folder, ``images/`` + ``labels/`` folders, nnU-Net raw data sets) are imported
+by :mod:`cmedl.data.cohort_import`, which shares the manifest helpers here (``_load_or_new_manifest``,
+``_relative``, ``_split_for``).
 """
 
 from __future__ import annotations
