@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "cmedl.cli.train",
     "cmedl.cli.inference",
     "cmedl.cli.demo",
+    "cmedl.cli.study",
 )
 for _name in _COMMAND_MODULES:
     try:

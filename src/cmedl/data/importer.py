@@ -346,6 +346,7 @@ def split_manifest(
         for c in cases:
             c.image = _rebase(c.image, man.root, new_root)
             c.label = None if c.label is None else _rebase(c.label, man.root, new_root)
+            c.paired_mr = None if c.paired_mr is None else _rebase(c.paired_mr, man.root, new_root)
     man.cases = cases
     man.seed = seed
     man.save(dest)

@@ -1,9 +1,11 @@
 """Compare methods from their per-case CSVs: paired Wilcoxon tests with Holm adjustment.
 
 Mirrors the papers' Tables II/III: one row per method with DSC, sDSC and HD95 as mean ± SD over the
-cases that every method has, and the p-value of a paired two-sided Wilcoxon signed-rank test of the
-chosen metric against the first (reference) method, Holm-Bonferroni-adjusted over the family of
-``len(methods) - 1`` comparisons.
+cases that every method has, the mean paired difference of the chosen metric against the first
+(reference) method with a 95 % BCa bootstrap CI over cases, and the p-value of a paired two-sided
+Wilcoxon signed-rank test (zero differences, e.g. two misses, dropped: see
+:func:`~cmedl.evaluation.stats.wilcoxon_paired`), Holm-Bonferroni-adjusted over the family of
+``len(methods) - 1`` comparisons. ``cases`` restricts a comparison to a stratum (e.g. one tumour kind).
 
 The table CSV (``out`` / :meth:`Comparison.write_csv`) is checked before any work with
 :func:`cmedl.io.outputs.check_output_file`: it must not be one of the compared files
@@ -23,10 +25,12 @@ import numpy as np
 from cmedl.errors import InputError, did_you_mean
 from cmedl.evaluation.results_csv import read_results_csv
 from cmedl.evaluation.stats import (
+    ConfidenceInterval,
     PairedTest,
     Summary,
     format_p,
     holm_bonferroni,
+    paired_difference,
     summarize,
     wilcoxon_paired,
 )
@@ -56,6 +60,8 @@ class Comparison:
     tests: list[PairedTest | None] = field(default_factory=list)  # per method; None for the reference
     p_raw: list[float] = field(default_factory=list)  # per method; NaN for the reference
     p_holm: list[float] = field(default_factory=list)
+    #: per method: mean paired difference of ``metric`` vs the reference with its CI; None for the reference
+    differences: list[ConfidenceInterval | None] = field(default_factory=list)
 
     @property
     def p_values(self) -> dict[str, float]:
@@ -65,7 +71,7 @@ class Comparison:
     def headers(self) -> list[str]:
         label = METRIC_LABELS.get(self.metric, (self.metric, 2))[0].split(" ")[0]
         return ["method", "n", *(METRIC_LABELS.get(m, (m, 2))[0] for m in self.table_metrics),
-                f"p ({label} vs {self.methods[0]})", "p (Holm)"]
+                f"Δ{label} [95% CI]", f"p ({label} vs {self.methods[0]})", "p (Holm)"]
 
     def rows(self) -> list[list[str]]:
         """Table cells, one row per method (mean ± SD with inf / n/a counts)."""
@@ -74,7 +80,9 @@ class Comparison:
             cells = [m, str(len(self.cases))]
             for met in self.table_metrics:
                 cells.append(self.summaries[m][met].format(METRIC_LABELS.get(met, (met, 2))[1]))
-            cells += ["-", "-"] if i == 0 else [format_p(self.p_raw[i]), format_p(self.p_holm[i])]
+            diff = self.differences[i] if i < len(self.differences) else None
+            cells += ["-", "-", "-"] if i == 0 else [diff.format(3) if diff is not None else "n/a",
+                                                    format_p(self.p_raw[i]), format_p(self.p_holm[i])]
             out.append(cells)
         return out
 
@@ -104,7 +112,7 @@ class Comparison:
         cols = ["method", "file", "n"]
         for met in self.table_metrics:
             cols += [f"{met}_mean", f"{met}_sd", f"{met}_median", f"{met}_n_inf", f"{met}_n_nan"]
-        cols += ["metric_tested", "p_value", "p_holm"]
+        cols += ["metric_tested", "difference", "difference_ci_low", "difference_ci_high", "p_value", "p_holm"]
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(cols)
@@ -113,7 +121,10 @@ class Comparison:
                 for met in self.table_metrics:
                     s = self.summaries[m][met]
                     row += [f"{s.mean:.10g}", f"{s.sd:.10g}", f"{s.median:.10g}", s.n_inf, s.n_nan]
-                row += [self.metric, f"{self.p_raw[i]:.10g}", f"{self.p_holm[i]:.10g}"]
+                d = self.differences[i] if i < len(self.differences) else None
+                row += [self.metric, *(["", "", ""] if d is None else
+                                       [f"{d.estimate:.10g}", f"{d.low:.10g}", f"{d.high:.10g}"]),
+                        f"{self.p_raw[i]:.10g}", f"{self.p_holm[i]:.10g}"]
                 w.writerow(row)
         return path
 
@@ -133,6 +144,7 @@ def compare_results(
     names: Sequence[str] | None = None,
     table_metrics: Sequence[str] = ("dsc", "sdsc", "hd95"),
     out: str | Path | None = None,
+    cases: Sequence[str] | None = None,
 ) -> Comparison:
     """Compare per-case result CSVs (from ``cmedl evaluate``) on the cases they share.
 
@@ -142,6 +154,7 @@ def compare_results(
         names: method names (default: file names without ``.csv``).
         table_metrics: columns summarised as mean ± SD in the table.
         out: also write the table as CSV here (:meth:`Comparison.write_csv`); checked before any work.
+        cases: compare only these case ids (a stratum such as one tumour kind).
 
     Raises:
         InputError: fewer than two files, unknown metric column, no common cases, an ``out`` that is
@@ -168,6 +181,9 @@ def compare_results(
         table_metrics.append(metric)
     by_case = [{str(r["case_id"]): r for r in rows} for rows in tables]
     common = sorted(set.intersection(*(set(b) for b in by_case)))
+    if cases is not None:
+        wanted = {str(c) for c in cases}
+        common = [c for c in common if c in wanted]
     if not common:
         raise InputError(f"the result files share no case ids: {', '.join(str(p) for p in paths)}")
     comp = Comparison(
@@ -184,6 +200,8 @@ def compare_results(
     comp.tests = [None] + [wilcoxon_paired(values[n], ref) for n in names[1:]]
     comp.p_raw = [math.nan] + [t.p_value for t in comp.tests[1:] if t is not None]
     comp.p_holm = [math.nan] + holm_bonferroni(comp.p_raw[1:]).tolist()
+    comp.differences = [None] + [paired_difference(values[n], ref, n_resamples=5000).difference
+                                 for n in names[1:]]
     if out is not None:
         comp.write_csv(out)
     return comp

@@ -23,7 +23,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "pred_path", "ref_path",
 )
 #: Columns that are text, not numbers.
-TEXT_COLUMNS = frozenset({"case_id", "modality", "shape_zyx", "pred_path", "ref_path"})
+TEXT_COLUMNS = frozenset({"case_id", "modality", "shape_zyx", "pred_path", "ref_path", "tumour_kind"})
 
 
 def _fmt(v: object) -> str:

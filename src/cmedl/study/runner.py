@@ -1,0 +1,168 @@
+"""``cmedl study``: train every run of a study, segment and score the test split once per run, and
+write the papers' tables (:mod:`cmedl.study.tables`).
+
+Each run is an ordinary training run folder (``<out>/runs/<family>/<run>/seed<k>``: config.yaml,
+checkpoints, logs) and goes through three stages, each recorded so that a rerun skips what is done:
+
+1. train (resumed from ``last.pt`` when interrupted; ``DONE`` when finished);
+2. segment the test split with the run's test-time recipe (``pred/``; ``pred/DONE``);
+3. score it against the expert masks (``results.csv``, written atomically, so it exists only whole).
+
+On one device the runs go one after another. With several devices (``devices=["cuda:0", "cuda:1"]``)
+the runs are dealt round-robin to one worker process per device. The study's description (runs and
+their overrides) is recorded in ``study.json``; a folder made by another study is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from cmedl.config import TrainConfig
+from cmedl.data.manifest import Case, Manifest
+from cmedl.errors import CmedlError, InputError
+from cmedl.evaluation.evaluate import evaluate_folders
+from cmedl.evaluation.results_csv import write_results_csv
+from cmedl.inference.segment import segment_files
+from cmedl.io import atomic_path
+from cmedl.io.outputs import check_output_folder, writing
+from cmedl.study.spec import RunSpec, StudySpec
+from cmedl.training import train
+
+
+@dataclass
+class RunOutcome:
+    key: str
+    results: Path | None  #: the run's per-case CSV (None when it failed)
+    trained: bool  #: trained (or resumed) now, rather than found finished
+    error: str | None = None
+
+
+def _done(path: Path, text: str) -> None:
+    with writing(path), atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
+
+
+def run_one(run: RunSpec, config: TrainConfig, data: Path, mr_data: Path | None, run_dir: Path,
+            device: str, log: Callable[[str], None] = print) -> RunOutcome:
+    """Train, segment and score one run (each stage skipped when already done)."""
+    config.training.device = device
+    trained = False
+    if not ((run_dir / "DONE").exists() and (run_dir / "best.pt").exists()):
+        resume = (run_dir / "last.pt").exists()
+        log(f"  {run.key}: {'resuming' if resume else 'training'} {run.method} on {device}")
+        result = train(config, data, mr_data, run_dir, resume=resume)
+        _done(run_dir / "DONE", f"best epoch {result.best_epoch}, {result.seconds:.0f} s")
+        trained = True
+    results = run_dir / "results.csv"
+    if not results.exists():
+        manifest = Manifest.load(data)
+        tests = _test_cases(manifest, config.data.modality, data)
+        pred = run_dir / "pred"
+        if not (pred / "DONE").exists():
+            log(f"  {run.key}: segmenting {len(tests)} test cases")
+            segment_files(run_dir / "best.pt", [manifest.image_path(c) for c in tests], pred,
+                          device=device, progress=False)
+            _done(pred / "DONE", f"{len(tests)} cases")
+        ref = run_dir / "test_cases.json"  # the references, with absolute paths
+        with writing(ref):
+            Manifest([replace(c, image=str(manifest.image_path(c)), label=str(manifest.label_path(c)),
+                              paired_mr=None) for c in tests], name="test").save(ref)
+        rows = evaluate_folders(pred, ref, tolerance_mm=config.evaluation.surface_tolerance_mm)
+        kinds = {c.id: c.tumour_kind for c in tests}
+        for row in rows:
+            row["tumour_kind"] = kinds.get(str(row["case_id"])) or ""
+        with writing(results):
+            write_results_csv(rows, results)
+    return RunOutcome(run.key, results, trained)
+
+
+def _test_cases(manifest: Manifest, modality: str, source: Path) -> list[Case]:
+    tests = manifest.select(split="test", modality=modality, labelled=True)
+    if not tests:
+        raise InputError(f"no labelled {modality} cases in the test split", source)
+    return tests
+
+
+def _worker(jobs: list[tuple[RunSpec, TrainConfig, Path, Path | None, Path]], device: str) -> list[RunOutcome]:
+    """One device's share of the runs, one after another; a failed run is reported, the rest go on."""
+    out = []
+    for run, config, data, mr, run_dir in jobs:
+        try:
+            out.append(run_one(run, config, data, mr, run_dir, device))
+        except CmedlError as exc:
+            out.append(RunOutcome(run.key, None, False, str(exc)))
+    return out
+
+
+def check_study_folder(out: Path, spec: StudySpec, extra: Sequence[str]) -> None:
+    """Record the study in ``study.json``; refuse a folder holding another study's runs."""
+    record = {"name": spec.name, "config": spec.config, "extra_overrides": list(extra),
+              "runs": {r.key: [r.method, *r.overrides] for r in spec.runs()}}
+    path = out / "study.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if not isinstance(old, dict) or old.get("name") != spec.name or old.get("config") != spec.config \
+                or old.get("extra_overrides") != list(extra):
+            raise InputError("this folder holds another study (or the same one with other overrides); "
+                             "use a new --out folder", path)
+        clash = [k for k, v in record["runs"].items() if k in old.get("runs", {}) and old["runs"][k] != v]
+        if clash:
+            raise InputError(f"run {clash[0]} was made with other settings; use a new --out folder", path)
+        record["runs"] = {**old.get("runs", {}), **record["runs"]}
+    with writing(path), atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def run_study(
+    spec: StudySpec,
+    data: str | Path,
+    out: str | Path,
+    *,
+    mr_data: str | Path | None = None,
+    devices: Sequence[str] = ("cpu",),
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> dict[str, RunOutcome]:
+    """Run (or continue) every run of ``spec`` on ``data`` (manifest with train/val/test splits); returns
+    the outcome per run key. Tables: :func:`cmedl.study.tables.write_tables` on the same folder."""
+    data = Path(data)
+    mr = Path(mr_data) if mr_data is not None else None
+    configs = spec.configs(overrides)  # every run validated before any work
+    inputs = [p for p in (data, mr, spec.source) if p is not None]
+    out = check_output_folder(out, inputs=inputs)
+    if not devices:
+        raise InputError("no devices given")
+    Manifest.load(data)  # a readable manifest before any work
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    check_study_folder(out, spec, overrides)
+    runs = spec.runs()
+    jobs = [(r, configs[r.key], data, mr, out / "runs" / r.key) for r in runs]
+    log(f"study {spec.name}: {len(runs)} runs ({len(spec.families)} families x runs x {len(spec.seeds)} seed(s)) "
+        f"on {', '.join(devices)}")
+    outcomes: dict[str, RunOutcome] = {}
+    if len(devices) == 1:
+        for k, job in enumerate(jobs, start=1):
+            log(f"[{k}/{len(jobs)}] {job[0].key}")
+            try:
+                outcomes[job[0].key] = run_one(*job, device=devices[0], log=log)
+            except CmedlError as exc:
+                log(f"error: {job[0].key}: {exc}")
+                outcomes[job[0].key] = RunOutcome(job[0].key, None, False, str(exc))
+        return outcomes
+    shares = [jobs[i::len(devices)] for i in range(len(devices))]
+    with ProcessPoolExecutor(len(devices), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, share, dev) for share, dev in zip(shares, devices) if share]
+        for fut in futures:
+            for outcome in fut.result():
+                outcomes[outcome.key] = outcome
+                log(f"{outcome.key}: {'failed: ' + outcome.error if outcome.error else 'done'}")
+    return outcomes

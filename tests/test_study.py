@@ -1,0 +1,126 @@
+"""`cmedl study`: study files (families, grids, seeds), the resumable runner and the papers' tables."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cmedl.cli import app
+from cmedl.cli.study import parse_devices
+from cmedl.data.phantom import generate_cohort
+from cmedl.errors import ConfigError, InputError
+from cmedl.study import load_study, parse_study, run_study, study_presets, write_tables
+
+TINY = [
+    "training.max_epochs=1", "data.samples_per_epoch=8", "data.val_samples=4", "data.patch_size=32",
+    "model.seg_base_width=4", "training.batch_size=4", "training.image_grid=false",
+    "cyclegan.gen_base_width=4", "cyclegan.gen_n_blocks=1", "cyclegan.disc_base_width=4",
+]
+
+
+def test_grid_and_runs_expand_with_names_seeds_and_overrides():
+    spec = parse_study({
+        "name": "s", "config": "cpu-demo", "seeds": [0, 2], "set": {"training.max_epochs": 3},
+        "families": {
+            "arch": {"reference": "ct-only", "runs": {
+                "cmedl": {"method": "cmedl", "set": {"cmedl.hint_layers": "mid"}},
+                "ct-only": {"method": "ct-only"}}},
+            "grid": {"grid": {"method": ["ct-only", "cmedl"], "model.arch": ["unet", "mrrn"], "cmedl.use_hint": [False]}},
+        },
+    })
+    keys = [r.key for r in spec.runs()]
+    assert keys[:4] == ["arch/cmedl/seed0", "arch/cmedl/seed2", "arch/ct-only/seed0", "arch/ct-only/seed2"]
+    assert spec.family("arch").run_names == ["ct-only", "cmedl"]  # the reference first
+    grid = spec.family("grid")
+    assert [r[0] for r in grid.runs] == ["ct-only,arch=unet", "ct-only,arch=mrrn", "cmedl,arch=unet", "cmedl,arch=mrrn"]
+    assert grid.runs[3][2] == ("model.arch=mrrn", "cmedl.use_hint=false")
+    run = spec.runs()[0]
+    assert run.all_overrides() == ["training.max_epochs=3", "cmedl.hint_layers=mid", "training.method=cmedl",
+                                   "training.seed=0"]
+    configs = spec.configs()
+    assert configs["arch/cmedl/seed2"].training.seed == 2 and configs["arch/cmedl/seed2"].cmedl.hint_layers == "mid"
+    assert configs["grid/cmedl,arch=mrrn/seed0"].model.arch == "mrrn"
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"families": {}}, "no families"),
+    ({"families": {"f": {"runs": {"a": {"method": "ct-only"}}}}, "familys": 1}, "did you mean .families."),
+    ({"families": {"f": {"runs": {"a": {"methd": "ct-only"}}}}}, "expected a mapping with 'method'"),
+    ({"families": {"f": {"runs": {"a": {"method": "ct-only"}}, "reference": "b"}}}, "reference"),
+    ({"families": {"f": {"grid": {"model.arch": ["unet"]}}}}, "include 'method'"),
+    ({"families": {"f/g": {"runs": {"a": {"method": "ct-only"}}}}}, "folder name"),
+    ({"seeds": [-1], "families": {"f": {"runs": {"a": {"method": "ct-only"}}}}}, "seeds"),
+])
+def test_bad_study_files_are_one_line_config_errors(raw, match):
+    with pytest.raises(ConfigError, match=match) as exc:
+        parse_study(raw)
+    assert "\n" not in str(exc.value)
+
+
+def test_presets_load_and_validate_every_run():
+    assert {"table2", "table5"} <= set(study_presets())
+    t2 = load_study("table2")
+    assert [f.name for f in t2.families] == ["unet", "densefcn57", "mrrn"]
+    assert len(t2.configs()) == 6
+    t5 = load_study("table5")
+    cfg = t5.configs()
+    assert cfg["losses/no-cycle/seed0"].section("cyclegan").lambda_cycle == 0
+    assert cfg["losses/no-seg-pmri/seed0"].cmedl.use_seg_pmri is False
+    assert cfg["hint-layers/hint_layers=low/seed0"].cmedl.hint_layers == "low"
+    with pytest.raises(ConfigError, match="did you mean 'table2'"):
+        load_study("tabel2")
+    bad = parse_study({"families": {"f": {"runs": {"a": {"method": "cmedl", "set": {"cmedl.lambda_hnt": 1}}}}}})
+    with pytest.raises(ConfigError, match="study run f/a/seed0"):
+        bad.configs()
+
+
+def test_parse_devices():
+    assert parse_devices("cpu") == ["cpu"]
+    assert parse_devices("0,1") == ["cuda:0", "cuda:1"]
+    assert parse_devices("cuda:1, cuda:3") == ["cuda:1", "cuda:3"]
+    for bad in ("", "gpu", "0,0"):
+        with pytest.raises(InputError, match="--devices"):
+            parse_devices(bad)
+
+
+@pytest.mark.slow
+def test_study_end_to_end_resumes_and_writes_tables(tmp_path):
+    manifest = generate_cohort(tmp_path / "data", 8, 0, 3, seed=3, shape=(8, 48, 48), workers=1,
+                               fractions=(0.5, 0.15, 0.35))
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "mini", "config": "cpu-demo", "seeds": [0, 1], "set": dict(o.split("=") for o in TINY),
+        "families": {"methods": {"reference": "ct-only", "runs": {
+            "ct-only": {"method": "ct-only"}, "cmedl": {"method": "cmedl"}}}},
+    }))
+    out = tmp_path / "out"
+    spec = load_study(study)
+    outcomes = run_study(spec, manifest, out, log=lambda s: None)
+    assert len(outcomes) == 4 and all(o.error is None and o.trained for o in outcomes.values())
+    text = write_tables(spec, out, manifest)
+    assert "ct-only" in text and "cmedl" in text and "mean DSC per seed" in text
+    table = list(csv.DictReader((out / "tables" / "methods.csv").read_text().splitlines()))
+    assert [r["method"] for r in table] == ["ct-only", "cmedl"] and table[1]["difference"] != ""
+    kinds = {p.name for p in (out / "tables").glob("methods.*.csv")}
+    assert kinds and kinds <= {"methods.lung.csv", "methods.mediastinal.csv", "methods.chest-wall.csv"}
+    rows = list(csv.DictReader((out / "all_cases.csv").read_text().splitlines()))
+    assert {(r["run"], r["seed"]) for r in rows} == {("ct-only", "0"), ("ct-only", "1"), ("cmedl", "0"), ("cmedl", "1")}
+    assert (out / "tables" / "translation_quality.csv").exists()
+    # an interrupted run (no DONE, no results, last.pt kept) is resumed; finished ones are skipped
+    run = out / "runs" / "methods" / "cmedl" / "seed1"
+    (run / "DONE").unlink()
+    (run / "results.csv").unlink()
+    shutil.rmtree(run / "pred")
+    again = run_study(spec, manifest, out, log=lambda s: None)
+    assert [k for k, o in again.items() if o.trained] == ["methods/cmedl/seed1"]
+    assert (run / "results.csv").exists()
+    # the same folder with other overrides is refused before any work
+    with pytest.raises(InputError, match="another study"):
+        run_study(spec, manifest, out, overrides=["training.max_epochs=2"], log=lambda s: None)
+    res = CliRunner().invoke(app, ["study", str(study), "--data", str(manifest), "--out", str(out), "--tables-only"])
+    assert res.exit_code == 0, res.output
+    assert "methods" in res.output
