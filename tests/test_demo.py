@@ -27,13 +27,16 @@ TINY = [
 
 @pytest.mark.slow
 def test_demo_end_to_end_minimal(tmp_path):
-    args = ["demo", "--out", str(tmp_path / "demo"), "--ct", "8", "--mr", "5", "--seed", "1"]
+    args = ["demo", "--out", str(tmp_path / "demo"), "--ct", "10", "--mr", "6", "--seed", "1"]
     for o in TINY:
         args += ["--set", o]
     result = CliRunner().invoke(app, args + ["--size", "48x48x12"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "demo"
     assert "ct-only" in result.output and "cmedl" in result.output and "Wilcoxon" in result.output
+    assert "cue cohort" in result.output and "[95% CI]" in result.output
+    assert "tumour-vs-abutting-tissue AUC" in result.output and "teacher Dice on real MRI" in result.output
+    assert "false-positive components per scan" in result.output
     manifest = Manifest.load(out / "phantom" / "manifest.json")
     test_cases = manifest.select(split="test", modality="ct")
     assert test_cases
@@ -50,6 +53,10 @@ def test_demo_end_to_end_minimal(tmp_path):
         assert (out / method / "best.pt").exists() and (out / method / "config.yaml").exists()
     table = list(csv.reader((out / "comparison.csv").read_text().splitlines()))
     assert [row[0] for row in table[1:]] == ["ct-only", "cmedl"]
+    header = table[0]
+    assert {"difference", "difference_ci_low", "f1_mean"} <= set(header)
+    kinds = {c.tumour_kind for c in test_cases}
+    assert kinds and {p.name for p in out.glob("comparison.*.csv")} == {f"comparison.{k}.csv" for k in kinds}
     assert (out / "demo_slices.png").stat().st_size > 10_000
     # a second run reuses the finished steps instead of retraining
     again = CliRunner().invoke(app, args + ["--size", "48x48x12"])
@@ -58,3 +65,29 @@ def test_demo_end_to_end_minimal(tmp_path):
     # ... but refuses a folder made with other parameters rather than reporting stale results
     stale = CliRunner().invoke(app, args + ["--size", "48x48x12", "--ct", "9"])
     assert stale.exit_code == 1 and "other parameters" in stale.output
+
+
+@pytest.mark.slow
+def test_demo_on_cbct_uses_the_cbct_preset(tmp_path):
+    args = ["demo", "--out", str(tmp_path / "demo"), "--ct", "8", "--mr", "4", "--seed", "2", "--modality", "cbct",
+            "--cohort", "control", "--size", "48x48x12"]
+    for o in TINY:
+        args += ["--set", o]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "demo"
+    manifest = Manifest.load(out / "phantom" / "manifest.json")
+    assert manifest.select(modality="cbct") and not manifest.select(modality="ct")
+    assert "control cohort" in result.output and "CBCT" in result.output
+    rows = list(csv.DictReader((out / "cmedl.csv").read_text().splitlines()))
+    assert {float(r["tolerance_mm"]) for r in rows} == {4.38}  # the CBCT paper's surface-Dice tolerance
+    import yaml
+
+    cfg = yaml.safe_load((out / "cmedl" / "config.yaml").read_text())
+    assert cfg["data"]["modality"] == "cbct"
+
+
+def test_demo_rejects_bad_modality_and_cohort(tmp_path):
+    for args, match in ((["--modality", "mri"], "demo modality"), (["--cohort", "strong"], "demo cohort")):
+        res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), *args])
+        assert res.exit_code == 1 and match in res.output and not (tmp_path / "d").exists()
