@@ -43,6 +43,9 @@ def study_cmd(
     devices: Annotated[
         str, typer.Option("--devices", help="cpu, or GPUs (0,1 or cuda:0,cuda:1): one run per device at a time.")
     ] = "cpu",
+    runs_per_device: Annotated[
+        int, typer.Option("--runs-per-device", help="Runs trained at once on each device (small runs on a big GPU).")
+    ] = 1,
     config: Annotated[
         str | None, typer.Option("--config", "-c", help="Training preset for every run instead of the study's.")
     ] = None,
@@ -70,7 +73,8 @@ def study_cmd(
         console.print(f"{len(spec.runs())} runs; configs valid")
         return
     if not tables_only:
-        outcomes = run_study(spec, data, out, mr_data=mr_data, devices=device_list, overrides=extra,
+        outcomes = run_study(spec, data, out, mr_data=mr_data, devices=device_list,
+                             runs_per_device=runs_per_device, overrides=extra,
                              log=console.print)
     else:
         outcomes = {}

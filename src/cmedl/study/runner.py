@@ -9,7 +9,7 @@ checkpoints, logs) and goes through three stages, each recorded so that a rerun 
 3. score it against the expert masks (``results.csv``, written atomically, so it exists only whole).
 
 On one device the runs go one after another. With several devices (``devices=["cuda:0", "cuda:1"]``)
-the runs are dealt round-robin to one worker process per device. The study's description (runs and
+the runs are dealt round-robin to one worker process per device (``runs_per_device`` workers each). The study's description (runs and
 their overrides) is recorded in ``study.json``; a folder made by another study is refused.
 """
 
@@ -128,11 +128,13 @@ def run_study(
     *,
     mr_data: str | Path | None = None,
     devices: Sequence[str] = ("cpu",),
+    runs_per_device: int = 1,
     overrides: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> dict[str, RunOutcome]:
     """Run (or continue) every run of ``spec`` on ``data`` (manifest with train/val/test splits); returns
-    the outcome per run key. Tables: :func:`cmedl.study.tables.write_tables` on the same folder."""
+    the outcome per run key. ``runs_per_device`` > 1 trains several runs at once on each device (small
+    runs that leave a GPU idle). Tables: :func:`cmedl.study.tables.write_tables` on the same folder."""
     data = Path(data)
     mr = Path(mr_data) if mr_data is not None else None
     configs = spec.configs(overrides)  # every run validated before any work
@@ -140,6 +142,8 @@ def run_study(
     out = check_output_folder(out, inputs=inputs)
     if not devices:
         raise InputError("no devices given")
+    if int(runs_per_device) < 1:
+        raise InputError(f"runs per device must be >= 1, got {runs_per_device}")
     Manifest.load(data)  # a readable manifest before any work
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +153,8 @@ def run_study(
     log(f"study {spec.name}: {len(runs)} runs ({len(spec.families)} families x runs x {len(spec.seeds)} seed(s)) "
         f"on {', '.join(devices)}")
     outcomes: dict[str, RunOutcome] = {}
-    if len(devices) == 1:
+    slots = [d for d in devices for _ in range(int(runs_per_device))]
+    if len(slots) == 1:
         for k, job in enumerate(jobs, start=1):
             log(f"[{k}/{len(jobs)}] {job[0].key}")
             try:
@@ -158,9 +163,9 @@ def run_study(
                 log(f"error: {job[0].key}: {exc}")
                 outcomes[job[0].key] = RunOutcome(job[0].key, None, False, str(exc))
         return outcomes
-    shares = [jobs[i::len(devices)] for i in range(len(devices))]
-    with ProcessPoolExecutor(len(devices), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, share, dev) for share, dev in zip(shares, devices) if share]
+    shares = [jobs[i::len(slots)] for i in range(len(slots))]
+    with ProcessPoolExecutor(len(slots), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, share, dev) for share, dev in zip(shares, slots) if share]
         for fut in futures:
             for outcome in fut.result():
                 outcomes[outcome.key] = outcome
