@@ -73,7 +73,24 @@ def build_segmenter(config: TrainConfig, hint_layers: str = "high", in_channels:
 #: 22-31 % faster that way in fp32 (forward + backward, batch 8 at 64 px, widths 16, 2-core CPU:
 #: unet 66 -> 52 ms, densefcn57 218 -> 150 ms, mrrn 130 -> 97 ms). The CycleGAN networks are not
 #: (their reflection padding and instance norm are slower in that layout).
-AUTO_CHANNELS_LAST = ("student_ct", "teacher_mr")
+AUTO_CHANNELS_LAST = ("student_ct", "teacher_mr", "seg_pmri", "seg_fused")
+
+
+@contextlib.contextmanager
+def batch_statistics_only(net: nn.Module) -> Iterator[None]:
+    """Inside the block, the batch-norm layers of ``net`` (in training mode) normalise with the batch
+    statistics but leave their running statistics and ``num_batches_tracked`` untouched: torch's
+    batch norm does exactly that when ``track_running_stats`` is off (its running buffers are then
+    not passed to the kernel). Used by CMEDL so that its teacher's running statistics (what runs at
+    test time in ``pmri-cmedl``) come from pseudo-MRI only, not from the real MRI it also sees."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
 
 
 def _match_state_layouts(opt: torch.optim.Optimizer) -> None:
@@ -100,6 +117,9 @@ class Method(abc.ABC):
     recipe: ClassVar[TestTimeRecipe] = STUDENT
     #: translation direction -> generator network (``cmedl translate``); empty: no translator
     translators: ClassVar[dict[str, str]] = {}
+    #: other methods whose checkpoints this method's recipe can run (``pmri-cmedl``: ``cmedl``), see
+    #: :func:`cmedl.methods.checkpoint_as.checkpoint_as_method`
+    runs_checkpoints_of: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
@@ -134,6 +154,11 @@ class Method(abc.ABC):
                 f"{cls.dims()}D networks (choices: {', '.join(archs_of_dims(cls.dims()))}; e.g. "
                 f"--set model.arch={archs_of_dims(cls.dims())[0]})"
             )
+
+    @classmethod
+    def check_reused_checkpoint(cls, ckpt: dict[str, Any], source: Any = None) -> None:
+        """Called when a checkpoint of one of :attr:`runs_checkpoints_of` is run with this method's
+        recipe: raise InputError if it cannot be, log a warning if it can with a caveat."""
 
     @classmethod
     @abc.abstractmethod

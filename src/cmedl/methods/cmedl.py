@@ -20,6 +20,12 @@ alternating three updates that share one forward pass:
    hint only moves the student (one-way distillation); by default it is mutual.
 3. **D step**: the translator's discriminators on real images and detached fakes.
 
+Batch norm of the teacher: its running statistics (what the teacher uses at test time, in the
+``pmri-cmedl`` recipe teacher(G(CT))) are updated on the pMRI forward only. On the real MRI it
+normalises with the batch statistics as usual in training, but leaves the running statistics
+untouched (:func:`cmedl.methods.base.batch_statistics_only`). Checkpoints written since carry
+``method_state["teacher_bn_pmri_only"] = 1``; before, the statistics mixed pMRI and real MRI.
+
 Implementation note: the G and S gradients come from the same forward graph, each with
 ``torch.autograd.backward(..., inputs=<that group's parameters>)``. This is exactly the
 alternating scheme (the S step sees the pMRI of the pre-update generator, detached), but saves a
@@ -44,9 +50,13 @@ from cmedl.config import TrainConfig
 from cmedl.config.schema import check_choice, check_positive
 from cmedl.data.batches import BatchKind
 from cmedl.losses import hint_loss
-from cmedl.methods.base import Method, build_segmenter, parameters_of
+from cmedl.methods.base import Method, batch_statistics_only, build_segmenter, parameters_of
 from cmedl.methods.translators import TRANSLATORS, get_translator
 from cmedl.nets import HINT_OPTIONS, check_hint_compatible
+
+
+#: ``method_state`` key marking checkpoints whose teacher BN running statistics come from pMRI only
+TEACHER_BN_PMRI_ONLY = "teacher_bn_pmri_only"
 
 
 @dataclass
@@ -155,7 +165,9 @@ class CMEDL(Method):
                 g_terms["hint"] = hint = hint_loss(s_f, t_f)
                 s_terms["hint"] = hint if own.hint_to_teacher else hint_loss(s_f, t_f, detach_teacher=True)
             if own.use_seg_real_mri and any_labelled_mr:
-                s_terms["seg_rmri"] = self.seg_loss(teacher(mr), mr_label, sample_mask=has_cpu.to(self.device))
+                with batch_statistics_only(teacher):  # running statistics: pMRI only (see the module docstring)
+                    t_logits_r = teacher(mr)
+                s_terms["seg_rmri"] = self.seg_loss(t_logits_r, mr_label, sample_mask=has_cpu.to(self.device))
         g_w = {**translation.weights, "hint": own.lambda_hint, "seg_pmri": own.lambda_seg}
         s_w = {"seg_ct": 1.0, "seg_pmri": 1.0, "seg_rmri": 1.0, "hint": own.lambda_hint}
         zero = torch.zeros((), device=self.device)
@@ -182,7 +194,8 @@ class CMEDL(Method):
         return {"CT": image.cpu(), **translated, "expert": batch["label"].float().cpu(), "predicted": pred.cpu()}
 
     def extra_state(self) -> dict[str, Any]:
-        return self.translator.extra_state()
+        # marks checkpoints whose teacher BN running statistics come from pMRI only (see checkpoint_as)
+        return {**self.translator.extra_state(), TEACHER_BN_PMRI_ONLY: 1}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.translator.load_extra_state(state)
+        self.translator.load_extra_state({k: v for k, v in state.items() if k != TEACHER_BN_PMRI_ONLY})

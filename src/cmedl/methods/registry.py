@@ -26,13 +26,17 @@ from cmedl.methods.base import Method
 from cmedl.methods.cmedl import CMEDL
 from cmedl.methods.ct_only import CTOnly
 from cmedl.methods.ct_only_3d import CTOnly3D
+from cmedl.methods.ct_pmri import CTPMRI, CTPMRIWeighted
+from cmedl.methods.pmri import PMRICycle, PMRIUnit
+from cmedl.methods.pmri_cmedl import PMRICMEDL
 from cmedl.methods.translators import TRANSLATORS
 from cmedl.nets import SEGMENTATION_NETS
 
 log = logging.getLogger(__name__)
 
 #: the methods that ship with cmedl, in the order ``cmedl methods`` lists them
-BUILTIN_METHODS: tuple[type[Method], ...] = (CTOnly, CMEDL, CTOnly3D)
+BUILTIN_METHODS: tuple[type[Method], ...] = (CTOnly, CMEDL, CTOnly3D, PMRICycle, PMRIUnit, CTPMRI, CTPMRIWeighted,
+                                              PMRICMEDL)
 
 _METHODS: dict[str, type[Method]] = {cls.name: cls for cls in BUILTIN_METHODS}
 
