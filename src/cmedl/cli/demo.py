@@ -24,6 +24,8 @@ def demo_command(
     n_mr: int = typer.Option(20, "--mr", help="Phantom MRI patients (different patients from the CTs)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest 3D "
                                            "component of each predicted mask."),
+    min_component_ml: float = typer.Option(1.5, "--min-component-ml", help="Drop predicted components smaller "
+                                           "than this (ml; chosen on a development cohort's validation split)."),
     arch: str = typer.Option(None, "--arch", help="Segmentation network: unet, densefcn57 or mrrn (default: the preset's)."),
     size: str = typer.Option("112x112x32", "--size", help="Phantom voxels XxYxZ (columns x rows x slices), as in `cmedl data phantom`."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom, splits and training."),
@@ -41,4 +43,5 @@ def demo_command(
         raise InputError(f"--size must be three integers >= 8 like 112x112x32, got '{size}'")
     run_demo(out, config=config, modality=modality, cohort=cohort, n_ct=n_ct, n_mr=n_mr, seed=seed, shape=shape,
              overrides=list(set_ or []), arch=arch, largest_component=largest_component,
+             min_component_ml=min_component_ml,
              log=lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False))
