@@ -255,6 +255,10 @@ def test_pmri_cmedl_runs_a_saved_cmedl_checkpoint(tmp_path: Path, caplog: pytest
     want = segment_volume(vol, ByHand("pmri", m.networks["g_ct2mr"], m.networks["teacher_mr"]),
                           cfg.preprocess_configs()[0], return_probabilities=True).probabilities.array
     np.testing.assert_allclose(read_volume(tmp_path / "out" / "ct_prob.nii.gz").array, want, atol=1e-5)
+    # the same straight from the cmedl checkpoint with segment_files(recipe=...) (`cmedl segment --recipe`)
+    segment_files(tmp_path / "cmedl.pt", [tmp_path / "in" / "ct.nii.gz"], tmp_path / "out2", probabilities=True,
+                  progress=False, recipe="pmri-cmedl")
+    np.testing.assert_allclose(read_volume(tmp_path / "out2" / "ct_prob.nii.gz").array, want, atol=1e-5)
     # refusals, one line each
     with pytest.raises(InputError, match="did you mean 'pmri-cmedl'"):
         checkpoint_as_method(ckpt, "pmri-cmdl")

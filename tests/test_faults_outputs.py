@@ -227,7 +227,7 @@ def test_cli_turns_a_stray_oserror_into_one_line(monkeypatch: pytest.MonkeyPatch
 
 # ====================================================================== demo: checks before work
 def test_demo_checks_config_and_out_before_generating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cmedl import demo
+    from cmedl.demo import run as demo
 
     f = tmp_path / "file"
     f.write_text("x")

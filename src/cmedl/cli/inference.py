@@ -19,16 +19,37 @@ from cmedl.cli._common import console, handle_errors
 @handle_errors
 def segment_cmd(
     inputs: Annotated[
-        list[Path],
-        typer.Argument(help="CT/CBCT volumes (NIfTI, NRRD, MHA) or DICOM series folders."),
-    ],
+        list[Path] | None,
+        typer.Argument(help="CT/CBCT volumes (NIfTI, NRRD, MHA), DICOM series folders, or folders of them."),
+    ] = None,
     model: Annotated[
         Path, typer.Option("--model", "-m", help="Checkpoint (.pt) written by `cmedl train`.")
-    ],
+    ] = ...,  # type: ignore[assignment]
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Output folder: <case>.nii.gz masks on the input grids."),
-    ],
+    ] = ...,  # type: ignore[assignment]
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="Segment the cases of a manifest split instead (named by case id)."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Manifest split: train, val, test or all.")
+    ] = "test",
+    formats: Annotated[
+        str,
+        typer.Option("--format", help="Outputs, any of nifti,rtstruct,seg (rtstruct/seg: DICOM series inputs)."),
+    ] = "nifti",
+    roi_name: Annotated[
+        str, typer.Option("--roi-name", help="ROI name (RTSTRUCT) and segment label (SEG).")
+    ] = "GTV",
+    roi_colour: Annotated[
+        str, typer.Option("--roi-colour", help="ROI display colour R,G,B (0-255).")
+    ] = "255,0,0",
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Segment again the cases whose outputs exist (default: skip them)."),
+    ] = False,
     threshold: Annotated[
         float, typer.Option("--threshold", help="Probability threshold (mask: p >= threshold).")
     ] = 0.5,
@@ -39,10 +60,19 @@ def segment_cmd(
     fill_holes: Annotated[
         bool, typer.Option("--fill-holes", help="Fill holes in every axial slice of the mask.")
     ] = False,
+    min_component_ml: Annotated[
+        float, typer.Option("--min-component-ml", help="Drop 3D components smaller than this volume (ml).")
+    ] = 0.0,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="Run the checkpoint with another method's test-time recipe, e.g. "
+                     "pmri-cmedl on a cmedl checkpoint (CT -> pMRI -> MRI teacher)."),
+    ] = None,
     probabilities: Annotated[
         bool,
         typer.Option(
-            "--probabilities", help="Also write <case>_prob.nii.gz (float32 probabilities)."
+            "--probabilities",
+            help="Also write <case>_prob.nii.gz (float32 probabilities); makes the SEG FRACTIONAL.",
         ),
     ] = False,
     batch_size: Annotated[
@@ -74,16 +104,30 @@ def segment_cmd(
         ),
     ] = False,
 ) -> None:
-    """Segment lung tumours with the student network of a checkpoint; masks keep the input geometry."""
+    """Segment lung tumours with the student network of a checkpoint; masks keep the input geometry.
+
+    Finished cases (all their outputs present) are skipped on a rerun unless --overwrite; a failing case is reported on one line and the others go on (exit status 1 at the end)."""
+    from cmedl.errors import InputError  # lazy: as below
+    from cmedl.inference.files import report_skip
     from cmedl.inference.segment import segment_files  # lazy: `cmedl --help` under 1 s (torch: ~8 s)
+
+    if not inputs and manifest is None:
+        raise InputError("give input volumes or folders, or --manifest")
+    skipped: list[Path] = []
+
+    def on_skip(path: Path, outputs: list[Path]) -> None:
+        skipped.append(path)
+        report_skip(path, outputs)
 
     written = segment_files(
         model,
-        inputs,
+        inputs or [],
         out,
         threshold=threshold,
         largest_component=largest_component,
         fill_holes=fill_holes,
+        min_component_ml=min_component_ml,
+        recipe=recipe,
         probabilities=probabilities,
         batch_size=batch_size,
         device=device,
@@ -91,8 +135,16 @@ def segment_cmd(
         mc_dropout_samples=mc_dropout,
         seed=seed,
         allow_modality_mismatch=allow_modality_mismatch,
+        manifest=manifest,
+        split=None if split == "all" else split,
+        formats=formats,
+        roi_name=roi_name,
+        roi_colour=roi_colour,
+        overwrite=overwrite,
+        on_skip=on_skip,
     )
-    console.print(f"wrote {len(written)} mask(s) to {out}", highlight=False, soft_wrap=True)
+    done = f" ({len(skipped)} already done, skipped)" if skipped else ""
+    console.print(f"wrote {len(written) - len(skipped)} case(s) to {out}{done}", highlight=False, soft_wrap=True)
 
 
 @app.command("translate")

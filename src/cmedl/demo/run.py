@@ -42,8 +42,7 @@ from cmedl.demo.report import DemoTables, demo_tables
 from cmedl.errors import CmedlError, InputError, did_you_mean
 from cmedl.evaluation.evaluate import evaluate_folders, write_results_csv
 from cmedl.inference.segment import segment_files
-from cmedl.inference.postprocess import remove_small_components
-from cmedl.io import atomic_path, read_volume, write_volume
+from cmedl.io import atomic_path
 from cmedl.io.outputs import check_output_folder, writing
 from cmedl.methods import get_method, load_config
 from cmedl.training import train
@@ -225,22 +224,14 @@ def _segment_and_compare(out: Path, manifest: Manifest, test_cases: list[Case], 
         Manifest(test_cases, name="phantom-test", seed=manifest.seed).save(ref_path)
     for method, ckpt in checkpoints.items():
         pred_dir = out / method / "pred"
-        written = segment_files(ckpt, inputs, pred_dir, largest_component=largest_component, progress=False)
-        if min_component_ml > 0:
-            for path in written:
-                _drop_small_components(path, min_component_ml)
+        segment_files(ckpt, inputs, pred_dir, largest_component=largest_component, min_component_ml=min_component_ml,
+                      progress=False)
         rows = evaluate_folders(pred_dir, ref_path, tolerance_mm=tau)
         for row in rows:
             row["tumour_kind"] = kinds.get(str(row["case_id"]), "")
         with writing(out / f"{method}.csv"):
             csvs[method] = write_results_csv(rows, out / f"{method}.csv")
     return demo_tables(csvs, test_cases, out)
-
-
-def _drop_small_components(path: Path, min_ml: float) -> None:
-    """Remove the components of a written mask below ``min_ml`` (rewritten atomically on the same grid)."""
-    mask = read_volume(path)
-    write_volume(mask.with_array(remove_small_components(mask.array, mask.spacing_zyx, min_ml)), path)
 
 
 def _has_results(out: Path) -> bool:

@@ -38,10 +38,26 @@ from cmedl.data.plausibility import check_modality
 from cmedl.data.preprocess import PreprocessConfig, prepare_volume, restore_to_input
 from cmedl.devices import keep_freed_host_memory, resolve_device
 from cmedl.errors import CmedlError, InputError
-from cmedl.inference.files import ALLOW_MISMATCH_HINT, check_batch_size, check_inputs, run_cases
+from cmedl.inference.files import (
+    ALLOW_MISMATCH_HINT,
+    CaseOutputs,
+    check_batch_size,
+    check_inputs,
+    manifest_inputs,
+    run_cases,
+)
+from cmedl.inference.formats import (
+    check_dicom_inputs,
+    check_output_formats,
+    check_roi,
+    dicom_formats,
+    output_suffixes,
+)
 from cmedl.inference.postprocess import postprocess_probabilities
+from cmedl.io.dicom_export import export_mask
 from cmedl.io.volume import Volume, read_volume
 from cmedl.methods import build_test_time_model
+from cmedl.methods.checkpoint_as import checkpoint_as_method
 from cmedl.nets.predict import inference_copy, network_dims, predict_slices, predict_volume_3d
 from cmedl.training.checkpoint import load_checkpoint
 
@@ -75,6 +91,7 @@ def segment_volume(
     threshold: float = 0.5,
     largest_component: bool = False,
     fill_holes: bool = False,
+    min_component_ml: float = 0.0,
     return_probabilities: bool = False,
     amp_bf16: bool = False,
     mc_dropout_samples: int = 0,
@@ -96,6 +113,7 @@ def segment_volume(
         threshold: probability threshold of the mask (``p >= threshold``), in (0, 1).
         largest_component: keep only the largest 3D connected component (26-connectivity).
         fill_holes: fill holes in every axial slice of the mask.
+        min_component_ml: drop connected components smaller than this volume (ml) before the others.
         return_probabilities: also return the probability map.
         amp_bf16: bf16 autocast (about 2x faster on CPUs with AVX512-BF16/AMX and on GPUs;
             probabilities differ from fp32 by ~1e-2).
@@ -128,7 +146,8 @@ def segment_volume(
     probs = restore_to_input(probs_w, prepared, is_label=False, fill_value=0.0)
     del probs_w
     np.clip(probs, 0.0, 1.0, out=probs)  # linear interpolation cannot leave [0, 1]; guards rounding
-    mask = postprocess_probabilities(probs, threshold, largest_component, fill_holes)
+    mask = postprocess_probabilities(probs, threshold, largest_component, fill_holes, min_component_ml,
+                                     volume.spacing_zyx)
     uncertainty = None
     if sd_w is not None:
         sd = restore_to_input(sd_w, prepared, is_label=False, fill_value=0.0)
@@ -159,6 +178,7 @@ def segment_files(
     threshold: float = 0.5,
     largest_component: bool = False,
     fill_holes: bool = False,
+    min_component_ml: float = 0.0,
     probabilities: bool = False,
     batch_size: int | None = None,
     device: str = "cpu",
@@ -168,24 +188,38 @@ def segment_files(
     progress: bool = True,
     allow_modality_mismatch: bool = False,
     on_failure: Callable[[CmedlError], None] | None = None,
+    manifest: str | Path | None = None,
+    split: str | None = None,
+    formats: str | Sequence[str] = ("nifti",),
+    roi_name: str = "GTV",
+    roi_colour: Sequence[int] | str = (255, 0, 0),
+    overwrite: bool = True,
+    on_skip: Callable[[Path, Sequence[Path]], None] | None = None,
+    recipe: str | None = None,
 ) -> list[Path]:
     """Segment image files / DICOM folders with the test-time model of checkpoint ``model_path``.
 
-    The checkpoint is loaded once; what runs is its method's test-time recipe. For each input,
-    ``<out_dir>/<case>.nii.gz`` (uint8 mask) is written, plus ``<case>_prob.nii.gz`` (float32
-    probabilities) with ``probabilities`` and ``<case>_sd.nii.gz`` (float32 MC-dropout SD) with
-    ``mc_dropout_samples > 0``; ``case`` is the file name without its image suffix or the DICOM
-    folder's name.
+    The checkpoint is loaded once; what runs is its method's test-time recipe. Inputs: files, DICOM
+    series folders and folders of them (:func:`cmedl.inference.files.collect_inputs`), or, with
+    ``manifest``, the cases of its ``split`` (all splits: None) of the model's modality, named by case
+    id. Per case, the files of :mod:`cmedl.inference.formats` (``formats``; default
+    ``<out_dir>/<case>.nii.gz``, uint8 mask, plus ``<case>_prob.nii.gz`` with ``probabilities`` and
+    ``<case>_sd.nii.gz`` with ``mc_dropout_samples > 0``; ``rtstruct`` / ``seg`` for DICOM series
+    inputs, the SEG FRACTIONAL with ``probabilities``; ``roi_name`` and ``roi_colour`` name and colour
+    the DICOM structure). ``case`` is the file name without its image suffix or the DICOM folder's name.
 
-    Before any work, every input must exist and the planned outputs must not overwrite an input
-    (:func:`cmedl.inference.files.check_inputs`). Each input's intensities must look like the modality
-    of the model's preprocessing (:mod:`cmedl.data.plausibility`) unless ``allow_modality_mismatch``.
-    A case's files are written together, atomically; a failing case is reported through
-    ``on_failure`` (default: one line on stderr) and the next one goes on. Other arguments: see
-    :func:`segment_volume`.
+    Before any work, every input must exist, the formats must suit the inputs, and the planned outputs
+    must not overwrite an input (:func:`cmedl.inference.files.check_inputs`). Each input's intensities
+    must look like the modality of the model's preprocessing (:mod:`cmedl.data.plausibility`) unless
+    ``allow_modality_mismatch``. A case's files are written together, atomically; a failing case is
+    reported through ``on_failure`` (default: one line on stderr) and the next one goes on. Without
+    ``overwrite``, a case whose files all exist (a finished case of an earlier run) is skipped and
+    reported through ``on_skip``. ``recipe`` runs the checkpoint with another registered method's
+    test-time recipe (e.g. ``pmri-cmedl`` on a ``cmedl`` checkpoint: CT -> pMRI -> MRI teacher; see
+    :func:`cmedl.methods.checkpoint_as.checkpoint_as_method`). Other arguments: see :func:`segment_volume`.
 
     Returns:
-        The mask paths, in input order.
+        The main output (mask, else the first DICOM file) of every case, in input order.
 
     Raises:
         InputError: one line naming the offending checkpoint, argument or output folder (before any work).
@@ -194,37 +228,64 @@ def segment_files(
     """
     check_segment_arguments(threshold, mc_dropout_samples)
     check_batch_size(batch_size)
+    fmts = check_output_formats(formats)
+    to_dicom = dicom_formats(fmts)
+    roi_name, colour = check_roi(roi_name, roi_colour)
     dev = resolve_device(device)
     if dev.type == "cpu":
         keep_freed_host_memory()
-    suffixes = [".nii.gz", *(["_prob.nii.gz"] if probabilities else []),
-                *(["_sd.nii.gz"] if mc_dropout_samples else [])]
-    cases = check_inputs(inputs, out_dir, suffixes)
-    model, preprocess, config = build_test_time_model(load_checkpoint(model_path), source=model_path)
+    suffixes = output_suffixes(fmts, probabilities, mc_dropout_samples > 0)
+    if manifest is not None:
+        if inputs:
+            raise InputError("give input volumes or a manifest, not both", manifest)
+        named = manifest_inputs(manifest, split)
+        check_dicom_inputs([p for p, _ in named], fmts)
+        cases = check_inputs(named, out_dir, suffixes)
+    else:
+        cases = check_inputs(inputs, out_dir, suffixes)
+        check_dicom_inputs([p for p, _ in cases], fmts)
+    ckpt = load_checkpoint(model_path)
+    if recipe is not None:
+        ckpt = checkpoint_as_method(ckpt, recipe, source=model_path)
+    model, preprocess, config = build_test_time_model(ckpt, source=model_path)
     if model.dims == 3 and mc_dropout_samples:
         raise InputError("MC dropout is implemented for 2D (slice-wise) students only", model_path)
+    if manifest is not None:  # the manifest's cases of the model's modality (it may list MRI as well)
+        ids = {case_id for _, case_id in manifest_inputs(manifest, split, preprocess.modality)}
+        cases = [(p, n) for p, n in cases if n in ids]
+        if not cases:
+            raise InputError(f"has no case of split '{split}' of the model's modality ({preprocess.modality})",
+                             manifest)
     patch_size = tuple(config.data.patch_size_3d) if model.dims == 3 else None
     run_net = inference_copy(model, dev)
     del model
     out = Path(out_dir)
 
-    def work(path: Path, name: str) -> list[tuple[Volume, Path]]:
+    def work(path: Path, name: str) -> CaseOutputs:
         volume = read_volume(path)
         if not allow_modality_mismatch:
             check_modality(volume, preprocess.modality, path, ALLOW_MISMATCH_HINT)
         result = segment_volume(
             volume, run_net, preprocess, batch_size=batch_size, device=dev, threshold=threshold,
-            largest_component=largest_component, fill_holes=fill_holes, return_probabilities=probabilities,
-            amp_bf16=amp_bf16, mc_dropout_samples=mc_dropout_samples, seed=seed, patch_size=patch_size,
+            largest_component=largest_component, fill_holes=fill_holes, min_component_ml=min_component_ml,
+            return_probabilities=probabilities, amp_bf16=amp_bf16, mc_dropout_samples=mc_dropout_samples, seed=seed, patch_size=patch_size,
         )
-        outputs = [(result.mask, out / f"{name}.nii.gz")]
-        if result.probabilities is not None:
-            outputs.append((result.probabilities, out / f"{name}_prob.nii.gz"))
-        if result.uncertainty is not None:
-            outputs.append((result.uncertainty, out / f"{name}_sd.nii.gz"))
-        return outputs
+        files = export_mask(result.mask, path, out, to_dicom, name=name, roi_name=roi_name, colour=colour,
+                            probabilities=result.probabilities if "seg" in to_dicom else None) if to_dicom else []
+        volumes = []
+        if "nifti" in fmts:
+            volumes.append((result.mask, out / f"{name}.nii.gz"))
+            if result.probabilities is not None:
+                volumes.append((result.probabilities, out / f"{name}_prob.nii.gz"))
+            if result.uncertainty is not None:
+                volumes.append((result.uncertainty, out / f"{name}_sd.nii.gz"))
+        return CaseOutputs(volumes, files)
 
-    return run_cases(cases, work, out, dev, desc="segment", progress=progress, on_failure=on_failure)
+    def planned(name: str) -> list[Path]:
+        return [out / f"{name}{suffix}" for suffix in suffixes]
+
+    return run_cases(cases, work, out, dev, desc="segment", progress=progress, on_failure=on_failure,
+                     skip_finished=None if overwrite else planned, on_skip=on_skip)
 
 
 __all__ = ["SegmentationResult", "check_segment_arguments", "segment_files", "segment_volume"]
