@@ -13,12 +13,8 @@ from typer.testing import CliRunner
 
 from cmedl.cli import app
 from cmedl.data.phantom import generate_case, render_cbct
-from cmedl.data.registration import (
-    PropagateConfig,
-    propagate_files,
-    propagate_mask,
-    resample_mask,
-)
+from cmedl.data.propagation import propagate_files, propagate_mask, resample_mask
+from cmedl.data.registration import PropagateConfig
 from cmedl.errors import ConfigError, GeometryError, InputError
 from cmedl.io import Volume, read_volume, write_volume
 

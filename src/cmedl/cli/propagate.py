@@ -62,7 +62,8 @@ def propagate_cmd(
     ] = False,
 ) -> None:
     """Propagate a planning-CT contour onto a CBCT: rigid then B-spline registration (SimpleITK)."""
-    from cmedl.data.registration import PropagateConfig, propagate_files  # lazy: SimpleITK registration
+    from cmedl.data.propagation import propagate_files  # lazy: SimpleITK registration
+    from cmedl.data.registration import PropagateConfig  # lazy: as above
 
     config = PropagateConfig(
         iterations=_iterations(iterations), mesh_spacing_mm=mesh_spacing, learning_rate=learning_rate,
