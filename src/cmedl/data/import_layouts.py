@@ -34,7 +34,7 @@ import SimpleITK as sitk
 
 from cmedl.data.manifest import MODALITIES
 from cmedl.errors import InputError, did_you_mean
-from cmedl.io.dicom_scan import is_image_header
+from cmedl.io.dicom_scan import has_dicom_preamble, is_image_header
 from cmedl.io.image import IMAGE_SUFFIXES, Volume, check_same_geometry
 
 LAYOUTS = ("auto", "dicom-series", "dicom-cohort", "folders", "nnunet")
@@ -80,15 +80,6 @@ def image_stem(path: Path) -> str | None:
     return None
 
 
-def _dicom_magic(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
 def _dicom_candidates(folder: Path) -> list[Path]:
     """Files directly in ``folder`` that look like DICOM (preamble, or a ``.dcm`` name)."""
     try:
@@ -96,7 +87,7 @@ def _dicom_candidates(folder: Path) -> list[Path]:
     except OSError:
         return []
     return [p for p in entries if p.is_file() and not p.name.startswith(".")
-            and (p.suffix.lower() == ".dcm" or _dicom_magic(p))]
+            and (p.suffix.lower() == ".dcm" or has_dicom_preamble(p))]
 
 
 def _holds_image_series(folder: Path) -> bool:

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from cmedl.data.manifest import MODALITIES, SPLITS, Case, Manifest, split_by_patient
 from cmedl.errors import InputError, did_you_mean
 from cmedl.io.dicom import list_dicom_series, read_dicom_series
+from cmedl.io.dicom_scan import has_dicom_preamble
 from cmedl.io.rtstruct import describe_rois, list_rois, rasterize_roi
 from cmedl.io.volume import Volume, atomic_path, read_volume, write_volume
 
@@ -267,15 +268,6 @@ def describe_manifest(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def _is_dicom_file(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
 def describe_path(path: str | Path, series_uid: str | None = None) -> dict[str, Any]:
     """Summarise whatever ``path`` is, as a dict with ``kind`` and kind-specific keys.
 
@@ -304,7 +296,7 @@ def describe_path(path: str | Path, series_uid: str | None = None) -> dict[str, 
         return {"kind": "volume", "path": str(path), "series": series, **info}
     if path.suffix.lower() == ".json":
         return {"kind": "manifest", "path": str(path), **describe_manifest(Manifest.load(path))}
-    if _is_dicom_file(path) or path.suffix.lower() == ".dcm":
+    if has_dicom_preamble(path) or path.suffix.lower() == ".dcm":
         try:
             modality = str(
                 pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")

@@ -111,6 +111,16 @@ def check_folder(folder: str | Path) -> Path:
     return folder
 
 
+def has_dicom_preamble(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part 10 file (128-byte preamble + ``DICM``); False if unreadable."""
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
     """List the DICOM series directly inside ``folder`` (image and non-image), sorted by UID.
 
