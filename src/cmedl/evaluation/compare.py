@@ -181,6 +181,7 @@ def compare_results(
         table_metrics.append(metric)
     by_case = [{str(r["case_id"]): r for r in rows} for rows in tables]
     common = sorted(set.intersection(*(set(b) for b in by_case)))
+    n_dropped = [len(b) - len(common) for b in by_case]  # not shared by every file (a stratum is not a drop)
     if cases is not None:
         wanted = {str(c) for c in cases}
         common = [c for c in common if c in wanted]
@@ -188,7 +189,7 @@ def compare_results(
         raise InputError(f"the result files share no case ids: {', '.join(str(p) for p in paths)}")
     comp = Comparison(
         methods=names, paths=paths, metric=metric, cases=common,
-        n_dropped=[len(b) - len(common) for b in by_case], table_metrics=list(table_metrics),
+        n_dropped=n_dropped, table_metrics=list(table_metrics),
     )
     values = {}
     for name, b in zip(names, by_case):

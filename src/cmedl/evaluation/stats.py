@@ -176,6 +176,8 @@ class ConfidenceInterval:
         """``"+0.052 [-0.010, +0.114]"``"""
         if not math.isfinite(self.estimate):
             return "n/a"
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return f"{self.estimate:+.{digits}f} [CI n/a]"
         return (f"{self.estimate:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]")
 
 
