@@ -47,3 +47,13 @@ def tiny_volume() -> Volume:
     """A 6x20x24 volume with anisotropic spacing, an origin and an oblique-free direction."""
     arr = np.arange(6 * 20 * 24, dtype=np.float32).reshape(6, 20, 24)
     return Volume(arr, spacing=(0.8, 0.9, 2.5), origin=(-10.0, 5.0, 30.0))
+
+
+def one_line_error(res, *needles: str) -> str:
+    """Assert a CLI result is a failure with one ``error: ...`` line on stderr holding every needle."""
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err

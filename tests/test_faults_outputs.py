@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from test_inference import make_checkpoint, phantom_ct
 from typer.testing import CliRunner
 
@@ -26,15 +27,6 @@ runner = CliRunner()
 
 def run(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def unwritable_dir(tmp_path: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from cmedl.cli import app
@@ -121,15 +122,6 @@ def test_cli_writes_mask_warped_ct_and_transform(pair, tmp_path: Path) -> None:
                             PropagateConfig(deformable=False, samples=3000, threads=1), progress=False)
     assert again.written == [tmp_path / "lib" / "cbct_w1.nii.gz"]
     np.testing.assert_array_equal(read_volume(again.written[0]).array, propagated.array)
-
-
-def one_line_error(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_bad_inputs_are_one_line_errors_before_any_output(pair, tmp_path: Path) -> None:
