@@ -15,7 +15,7 @@ SRC = Path(cmedl.__file__).resolve().parent
 #: rank of each top-level part of the package: a module may import only parts of the same or a lower rank
 LAYERS = {
     "errors": 0, "devices": 0, "io": 1, "data": 2, "config": 3, "nets": 4, "losses": 4, "methods": 5,
-    "training": 6, "inference": 7, "evaluation": 8, "study": 9, "demo": 10, "cli": 11, "__main__": 11,
+    "training": 6, "inference": 7, "evaluation": 8, "study": 9, "report": 10, "demo": 11, "cli": 12, "__main__": 12,
 }
 #: third-party modules that may be imported inside a function (slow to import, needed by few paths)
 LAZY_LIBRARIES = ("matplotlib", "torch.utils.tensorboard", "monai", "skimage", "rich")

@@ -32,6 +32,9 @@ _COMMAND_MODULES = (
     "cmedl.cli.inference",
     "cmedl.cli.demo",
     "cmedl.cli.study",
+    "cmedl.cli.boxes",
+    "cmedl.cli.pseudo_label",
+    "cmedl.cli.report",
 )
 for _name in _COMMAND_MODULES:
     try:

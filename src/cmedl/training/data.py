@@ -9,15 +9,11 @@ so batches do not depend on the number of DataLoader workers.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from cmedl.config import TrainConfig
 from cmedl.data.augment import AugmentConfig
@@ -100,24 +96,4 @@ def build_training_data(config: TrainConfig, batch_kind: BatchKind, manifest: Ma
     return BUILDERS[batch_kind](config, selection, progress)
 
 
-# ------------------------------------------------------------------------------ loaders
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: numpy/python seeds from the worker's torch seed, so any library RNG use
-    inside workers is reproducible too (the datasets themselves are stateless)."""
-    s = torch.initial_seed() % (2**32)
-    np.random.seed(s)
-    random.seed(s)
-
-
-def make_loader(dataset: Dataset, config: TrainConfig, epoch: int, device: torch.device, drop_last: bool) -> DataLoader:
-    """A DataLoader over ``dataset`` in index order (the datasets draw their own samples), seeded by epoch."""
-    g = torch.Generator().manual_seed(config.training.seed * 100003 + epoch)
-    n = config.data.num_workers
-    return DataLoader(
-        dataset, batch_size=config.training.batch_size, shuffle=False, drop_last=drop_last, num_workers=n,
-        worker_init_fn=seed_worker if n > 0 else None, generator=g, collate_fn=torch.utils.data.default_collate,
-        pin_memory=device.type == "cuda",
-    )
-
-
-__all__ = ["BUILDERS", "TrainingData", "build_training_data", "make_loader", "seed_worker"]
+__all__ = ["BUILDERS", "TrainingData", "build_training_data"]

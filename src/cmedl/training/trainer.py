@@ -42,7 +42,8 @@ from cmedl.io.outputs import check_output_folder, writing
 from cmedl.methods import build_method
 from cmedl.methods.base import Method
 from cmedl.training.checkpoint import capture_rng_state, save_checkpoint
-from cmedl.training.data import TrainingData, build_training_data, make_loader
+from cmedl.training.data import TrainingData, build_training_data
+from cmedl.training.loaders import make_loader
 from cmedl.training.logging import TensorBoardLogger, save_image_grid, write_history_csv
 from cmedl.training.resume import RunState, load_resume_checkpoint, restore_run, seed_everything
 from cmedl.training.schedule import apply_lr_schedule
