@@ -151,9 +151,9 @@ class Augmenter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         img = torch.as_tensor(np.asarray(image, dtype=np.float32))
         lab = torch.as_tensor(np.asarray(label, dtype=np.float32))
-        if img.ndim != 3 or img.shape[0] != 1 or lab.shape != img.shape:
+        if img.ndim != 3 or lab.shape != (1, *img.shape[1:]):
             raise ValueError(
-                f"augmentation needs image and label [1, H, W], got {tuple(img.shape)}, {tuple(lab.shape)}"
+                f"augmentation needs image [C, H, W] and label [1, H, W], got {tuple(img.shape)}, {tuple(lab.shape)}"
             )
         if self.is_identity:
             return img.clone(), (lab > 0.5).float()

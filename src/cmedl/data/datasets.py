@@ -12,6 +12,9 @@
       {"image": float32 [1, H, W], "label": float32 [1, H, W] in {0, 1}, "has_label": bool,
        "case_id": str, "slice_index": int}
 
+  plus ``"paired"`` (float32 [1, H, W], the same window of the case's paired MRI) when the cache was
+  loaded with a ``paired`` preprocessing (the paired-oracle control arm, :mod:`cmedl.data.paired`).
+
 - :class:`UnpairedDataset` pairs each CT (or CBCT) sample with an MRI sample drawn independently
   from a disjoint set of patients (the CMEDL setting).
 
@@ -37,6 +40,7 @@ from tqdm import tqdm
 
 from cmedl.data.augment import AugmentConfig, Augmenter
 from cmedl.data.manifest import Case, Manifest
+from cmedl.data.paired import prepare_paired
 from cmedl.data.selection import check_disjoint_patients
 from cmedl.data.preprocess import (
     PreparedVolume,
@@ -65,6 +69,8 @@ class CachedCase:
     modality: str
     prepared: PreparedVolume
     label: np.ndarray | None  # uint8 {0, 1} [z, rows, cols] on the working grid, None if unlabelled
+    #: the case's paired MRI on the working grid (float32), only for the paired-oracle control arm
+    paired: np.ndarray | None = None
 
     @property
     def image(self) -> np.ndarray:
@@ -75,8 +81,10 @@ class CachedCase:
         return self.prepared.body
 
 
-def load_case(manifest: Manifest, case: Case, preprocess: PreprocessConfig) -> CachedCase:
-    """Read and prepare one manifest case (image and, if any, label: 0/1 only, on the image grid)."""
+def load_case(manifest: Manifest, case: Case, preprocess: PreprocessConfig,
+              paired: PreprocessConfig | None = None) -> CachedCase:
+    """Read and prepare one manifest case (image and, if any, label: 0/1 only, on the image grid);
+    with ``paired`` (an MRI preprocessing) also its ``paired_mr`` image (an InputError if it has none)."""
     image_path, label_path = manifest.image_path(case), manifest.label_path(case)
     if case.modality != preprocess.modality:
         raise InputError(
@@ -89,7 +97,14 @@ def load_case(manifest: Manifest, case: Case, preprocess: PreprocessConfig) -> C
         check_binary_label(label_vol, label_path)  # type: ignore[arg-type]
     prepared = prepare_volume(image, preprocess)
     label = None if label_vol is None else prepare_label(label_vol.array > 0, prepared).astype(np.uint8)
-    return CachedCase(case.id, case.patient_id, case.modality, prepared, label)
+    paired_arr = None
+    if paired is not None:
+        paired_path = manifest.paired_mr_path(case)
+        if paired_path is None:
+            raise InputError(f"case '{case.id}' has no paired_mr image; the paired-oracle arm needs a cohort made "
+                             "with `cmedl data phantom --paired-oracle`", manifest.source)
+        paired_arr = prepare_paired(read_volume(paired_path), prepared, paired, paired_path)
+    return CachedCase(case.id, case.patient_id, case.modality, prepared, label, paired_arr)
 
 
 def check_binary_label(label: Volume, path: Path) -> None:
@@ -120,9 +135,11 @@ class VolumeCache:
         preprocess: PreprocessConfig,
         workers: int = 1,
         progress: bool = False,
+        paired: PreprocessConfig | None = None,
     ) -> VolumeCache:
         """Read and prepare ``cases`` of ``manifest`` (``workers`` threads; SimpleITK I/O, resampling
-        and numpy release the GIL), with an optional tqdm progress bar. Order is kept."""
+        and numpy release the GIL), with an optional tqdm progress bar. Order is kept. ``paired``:
+        also load each case's paired MRI with this preprocessing (see :func:`load_case`)."""
         if not cases:
             raise InputError("no cases selected", manifest.source)
         bar = tqdm(total=len(cases), desc=f"loading {preprocess.modality}", unit="case", disable=not progress)
@@ -130,11 +147,11 @@ class VolumeCache:
             if workers <= 1:
                 loaded = []
                 for c in cases:
-                    loaded.append(load_case(manifest, c, preprocess))
+                    loaded.append(load_case(manifest, c, preprocess, paired))
                     bar.update()
             else:
                 with ThreadPoolExecutor(max_workers=workers) as pool:
-                    futures = [pool.submit(load_case, manifest, c, preprocess) for c in cases]
+                    futures = [pool.submit(load_case, manifest, c, preprocess, paired) for c in cases]
                     loaded = []
                     for f in futures:
                         loaded.append(f.result())
@@ -162,6 +179,7 @@ class VolumeCache:
         """Memory held by the arrays, in bytes."""
         return sum(
             c.image.nbytes + c.body.nbytes + (0 if c.label is None else c.label.nbytes)
+            + (0 if c.paired is None else c.paired.nbytes)
             for c in self.cases
         )
 
@@ -333,10 +351,15 @@ class SliceDataset(Dataset):
             size = self.patch_size
             start = self._patch_start(label, case.body[z], bool(self._is_tumour[s]), rng)
         img = extract_window(image, start, size, pad)[None]
+        channels = 1
+        if case.paired is not None:  # same window of the paired MRI, augmented as a second channel
+            paired = case.paired[z]
+            img = np.concatenate([img, extract_window(paired, start, size, float(paired.min()))[None]])
+            channels = 2
         if label is not None:
             lab = extract_window(label, start, size, 0)[None].astype(np.float32)
         else:
-            lab = np.zeros_like(img)
+            lab = np.zeros_like(img[:1])
         if self.augmenter is not None:
             img_t, lab_t = self.augmenter(img, lab, seed=int(rng.integers(2**31)))
         else:
@@ -344,13 +367,16 @@ class SliceDataset(Dataset):
                 torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
                 torch.from_numpy(lab),
             )
-        return {
-            "image": img_t,
+        item = {
+            "image": img_t[:1],
             "label": lab_t,
             "has_label": case.label is not None,
             "case_id": case.case_id,
             "slice_index": z,
         }
+        if channels == 2:
+            item["paired"] = img_t[1:]
+        return item
 
 
 # ====================================================================== unpaired
@@ -385,7 +411,7 @@ class UnpairedDataset(Dataset):
             np.random.default_rng([self.seed, self.epoch, int(index), 1]).integers(len(self.mr))
         )
         b = self.mr[j]
-        return {
+        out = {
             "ct": a["image"],
             "ct_label": a["label"],
             "ct_has_label": a["has_label"],
@@ -395,3 +421,6 @@ class UnpairedDataset(Dataset):
             "mr_has_label": b["has_label"],
             "mr_case_id": b["case_id"],
         }
+        if "paired" in a:
+            out["ct_paired_mr"] = a["paired"]
+        return out

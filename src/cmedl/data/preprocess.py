@@ -52,6 +52,7 @@ __all__ = [
     "INTENSITY_METHODS",
     "MODALITIES",
     "PreparedVolume",
+    "normalise_intensity",
     "PreprocessConfig",
     "PreprocessOptions",
     "body_mask",
@@ -273,7 +274,8 @@ class PreparedVolume:
         return Volume(arr, self.resampled_spacing, tuple(origin), self.direction)  # type: ignore[arg-type]
 
 
-def _normalise(array: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
+def normalise_intensity(array: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
+    """``array`` normalised by ``cfg.intensity`` (statistics inside ``mask`` where the method uses any)."""
     if cfg.intensity == "window":
         return ct_window(array, cfg.window)
     if cfg.intensity == "percentile":
@@ -334,7 +336,7 @@ def prepare_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:
         )
     raw = work.array
     body = body_mask(raw, cfg.modality, fill=str(cfg.body_fill))
-    image = _normalise(raw, body if body.any() else None, cfg)
+    image = normalise_intensity(raw, body if body.any() else None, cfg)
     pad_value = float(image.min())
     if cfg.mask_outside_body and body.any():
         image = np.where(body, image, np.float32(pad_value)).astype(np.float32)
