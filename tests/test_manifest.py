@@ -54,3 +54,35 @@ def test_bad_manifests_raise_one_line(tmp_path):
     p.write_text(json.dumps({"cases": leak}))
     with pytest.raises(InputError, match="splits must be by patient"):
         Manifest.load(p)
+
+
+# ---------------------------------------------------------------- issue 16: boxes and label_source
+def test_boxes_and_label_source_round_trip_and_are_written_only_when_set(tmp_path):
+    cases = [
+        Case("a", "P0", "ct", "img/a.nii.gz", label="lab/a.nii.gz", label_source="expert"),
+        Case("b", "P1", "ct", "img/b.nii.gz", boxes="boxes/b.json"),
+        Case("c", "P2", "ct", "img/c.nii.gz", label="lab/c.nii.gz", boxes="boxes/c.json", label_source="pseudo"),
+        Case("d", "P3", "ct", "img/d.nii.gz", label="lab/d.nii.gz"),
+    ]
+    path = Manifest(cases).save(tmp_path / "m.json")
+    raw = json.loads(path.read_text())["cases"]
+    assert "boxes" not in raw[0] and raw[0]["label_source"] == "expert"
+    assert raw[1]["boxes"] == "boxes/b.json" and "label_source" not in raw[1] and raw[1]["label"] is None
+    assert set(raw[3]) == {"id", "patient_id", "modality", "image", "label", "split"}
+    back = Manifest.load(path)
+    assert back.cases == cases
+    assert back.boxes_path(back.cases[1]) == (tmp_path / "boxes/b.json").resolve()
+    assert back.boxes_path(back.cases[0]) is None
+
+
+def test_bad_boxes_and_label_source_fields(tmp_path):
+    p = tmp_path / "m.json"
+    base = {"id": "a", "patient_id": "P", "modality": "ct", "image": "x", "label": "y"}
+    for extra, needle in [({"label_source": "expret"}, "did you mean 'expert'"),
+                          ({"label_source": 3}, "label_source: expected one of"),
+                          ({"boxes": ""}, "boxes: expected a file path"),
+                          ({"label": None, "label_source": "pseudo"}, "has no label")]:
+        p.write_text(json.dumps({"cases": [{**base, **extra}]}))
+        with pytest.raises(InputError, match=needle) as err:
+            Manifest.load(p)
+        assert str(err.value).startswith(str(p)) and "case 0 ('a')" in str(err.value)

@@ -231,3 +231,65 @@ def test_cli_creates_cohort_and_reports_errors(tmp_path):
     ctl = read_volume(m.image_path(m.get("ct_P001")))
     opts = PhantomOptions.control(kind_mix=(0, 1, 0))
     assert np.array_equal(ctl.array, generate_case("ct", 1, 3, (16, 48, 48), options=opts).image.array)
+
+
+# ---------------------------------------------------------------- issue 16: box-only CT cases
+#: sha256 of manifest.json and of the voxel arrays of every image/label of
+#: generate_cohort(out, 3, 0, 1, seed=5, shape=(8, 32, 32)) BEFORE box_only_share existed (recorded with the
+#: unchanged package: git archive HEAD): the option at 0 must not change the phantom's outputs
+_GOLDEN_MANIFEST = "57f583cb6b402591a8421b0319212aba602e2e0e0642a63c0ce518614dfb6f40"
+_GOLDEN_ARRAYS = "c3381a57d9d5d9f4d4feb93c2efc86c73a7a09fb4e0f41f2958e880382ebe933"
+
+
+def _cohort_digest(manifest_path):
+    import hashlib
+
+    from cmedl.io import read_volume
+
+    files = sorted(str(p.relative_to(manifest_path.parent)) for p in manifest_path.parent.rglob("*") if p.is_file())
+    arrays = hashlib.sha256()
+    for f in files:
+        if f.endswith(".nii.gz"):
+            arrays.update(np.ascontiguousarray(read_volume(manifest_path.parent / f).array).tobytes())
+    return hashlib.sha256(manifest_path.read_text().encode()).hexdigest(), arrays.hexdigest(), files
+
+
+def test_box_only_share_zero_leaves_the_phantom_unchanged(tmp_path):
+    from cmedl.data.phantom import generate_cohort
+    from cmedl.data.phantom.options import PhantomOptions
+
+    m = generate_cohort(tmp_path / "c", 3, 0, 1, seed=5, shape=(8, 32, 32), workers=1,
+                        options=PhantomOptions(box_only_share=0.0))
+    man, arrays, files = _cohort_digest(m)
+    assert (man, arrays) == (_GOLDEN_MANIFEST, _GOLDEN_ARRAYS)
+    assert not any(f.startswith("boxes/") for f in files)
+    assert "box_only_share" not in PhantomOptions().to_dict()
+
+
+def test_box_only_share_marks_ct_training_cases_and_writes_boxes(tmp_path):
+    from typer.testing import CliRunner
+
+    from cmedl.cli import app
+    from cmedl.data.boxes import box_mask, read_boxes
+    from cmedl.data.manifest import Manifest
+    from cmedl.io import read_volume
+
+    out = tmp_path / "c"
+    res = CliRunner().invoke(app, ["data", "phantom", "--out", str(out), "--ct", "5", "--cbct", "0", "--mr", "1",
+                                   "--size", "32,32,8", "--seed", "5", "--workers", "1", "--box-only-share", "0.5",
+                                   "--fractions", "0.6,0.2,0.2"])
+    assert res.exit_code == 0, res.output
+    m = Manifest.load(out / "manifest.json")
+    ct = [c for c in m.cases if c.modality == "ct"]
+    train = [c for c in ct if c.split == "train"]
+    box_only = [c for c in ct if c.label is None]
+    assert len(train) == 3 and len(box_only) == round(0.5 * 3) and all(c.split == "train" for c in box_only)
+    assert all(c.boxes == f"boxes/{c.id}.json" for c in ct)
+    assert all(c.boxes is None for c in m.cases if c.modality == "mr")
+    for c in ct:
+        image = read_volume(m.image_path(c))
+        truth = read_volume(out / "labels" / f"{c.id}.nii.gz").array > 0  # written for box-only cases too
+        bm = box_mask(read_boxes(m.boxes_path(c), image))
+        assert truth.any() and not (truth & ~bm).any()  # the boxes enclose the whole tumour
+        assert bm.sum() < 3 * truth.sum() + 200
+    assert "box-only" in m.description

@@ -63,6 +63,14 @@ def segment_cmd(
     min_component_ml: Annotated[
         float, typer.Option("--min-component-ml", help="Drop 3D components smaller than this volume (ml).")
     ] = 0.0,
+    lung_filter: Annotated[
+        bool,
+        typer.Option("--lung-filter", help="Keep only components within --lung-margin-mm of the lungs "
+                     "(classical lung mask of the input CT)."),
+    ] = False,
+    lung_margin_mm: Annotated[
+        float, typer.Option("--lung-margin-mm", help="Distance from the lungs a kept component must reach (mm).")
+    ] = 5.0,
     recipe: Annotated[
         str | None,
         typer.Option("--recipe", help="Run the checkpoint with another method's test-time recipe, e.g. "
@@ -127,6 +135,8 @@ def segment_cmd(
         largest_component=largest_component,
         fill_holes=fill_holes,
         min_component_ml=min_component_ml,
+        lung_filter=lung_filter,
+        lung_margin_mm=lung_margin_mm,
         recipe=recipe,
         probabilities=probabilities,
         batch_size=batch_size,

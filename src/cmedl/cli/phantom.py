@@ -114,6 +114,11 @@ def phantom(
         typer.Option("--paired-oracle", help="Also render each CT/CBCT patient as MRI on its own grid "
                      "(paired_mr/): an upper-bound control arm only."),
     ] = False,
+    box_only_share: Annotated[
+        float,
+        typer.Option("--box-only-share", help="Share (0-1) of CT training cases made box-only: every CT case "
+                     "gets boxes/<id>.json (axial boxes of its tumour) and these no label in the manifest."),
+    ] = 0.0,
 ) -> None:
     """Synthesise a thoracic phantom cohort (CT in HU, CBCT with artefacts, T2w MRI) with tumour masks."""
     from cmedl.data.phantom import generate_cohort  # lazy: fast `cmedl --help`
@@ -127,6 +132,7 @@ def phantom(
         second_tumour=second_tumour,
         kind_mix=parse_kind_mix(kind_mix),
         paired_oracle=paired_oracle,
+        box_only_share=box_only_share,
     )
     if ct_cue is not None:
         study["ct_cue_hu"] = _floats(ct_cue, 2, f"--ct-cue: expected two numbers LO,HI, got {ct_cue!r}")

@@ -1,6 +1,8 @@
 """``cmedl train``: train a registered method from a config preset or YAML file; ``cmedl methods`` lists them.
 
 Thin wrapper: options become config overrides, then :func:`cmedl.training.trainer.train` runs.
+Under ``torchrun --nproc_per_node N -m cmedl train ...`` the run is data-parallel over the N processes
+(:mod:`cmedl.training.distributed`; ``training.batch_size`` is the global batch).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def train_command(
         "--set", "-s", help="Config override section.key=value (repeatable), e.g. training.max_epochs=5.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (overrides training.seed).")] = None,
     device: Annotated[str | None, typer.Option(
-        "--device", help="cpu, cuda or auto (overrides training.device).")] = None,
+        "--device", help="cpu, cuda, cuda:N or auto (overrides training.device; under torchrun each process uses "
+                     "cuda:LOCAL_RANK).")] = None,
     vgg_weights: Annotated[Path | None, typer.Option(
         "--vgg-weights", help="torchvision vgg19 ImageNet state-dict file for the contextual loss (cyclegan).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

@@ -175,6 +175,9 @@ class TrainingConfig:
     channels_last: bool | str = "auto"
     #: show a progress bar
     progress: bool = True
+    #: data-parallel runs (``torchrun``): normalise the batch-norm layers over the global batch of all
+    #: processes (SyncBatchNorm) rather than over each process's share; no effect in one process
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size)

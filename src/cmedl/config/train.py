@@ -166,11 +166,17 @@ def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def save_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write the config as YAML (common + active sections), atomically."""
+def save_config(config: TrainConfig, path: str | Path, world_size: int = 1) -> Path:
+    """Write the config as YAML (common + active sections), atomically. A data-parallel run
+    (``world_size`` > 1 processes) records its world size in a leading comment."""
     path = Path(path)
+    head = ""
+    if world_size > 1:
+        b = config.training.batch_size
+        head = (f"# data-parallel run: world size {world_size} (torchrun); training.batch_size {b} is the global "
+                f"batch ({b // world_size} per process)\n")
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        tmp.write_text(head + yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
 
 

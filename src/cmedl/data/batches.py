@@ -10,6 +10,13 @@ float32, labels in {0, 1}:
   ``{"ct", "ct_label", "mr", "mr_label", "mr_has_label"}`` (:class:`cmedl.data.datasets.UnpairedDataset`).
 - ``labelled-patches-3d``: 3D patches ``{"image", "label"}`` ``[B, 1, d, h, w]``
   (:class:`cmedl.data.datasets3d.PatchDataset3D`).
+- ``guided-crops-3d``: the teacher-student paper's teacher crops, centred on one lesion of an
+  expertly labelled case (random jitter), ``{"image", "label", "box"}`` ``[B, 1, d, h, w]`` where
+  ``box`` is the union of the lesion's axial boxes (:class:`cmedl.data.datasets_ts.GuidedCropDataset`).
+- ``strong-patches-3d``: 3D patches of the expertly labelled cases only, ``{"image", "label", "box",
+  "pseudo"}`` (``box``: the axial box mask of the label; the student baseline);
+- ``mixed-patches-3d``: the same from expert and teacher (pseudo) labelled cases (the students;
+  :class:`cmedl.data.datasets_ts.BoxPatchDataset3D`).
 
 Adding a kind (e.g. box-annotated volumes for a box-guided teacher) means one member here, its
 case needs in :func:`cmedl.data.selection.select_cases` and its dataset builder in
@@ -27,11 +34,19 @@ class BatchKind(str, Enum):
     LABELLED_SLICES = "labelled-slices"
     UNPAIRED_SLICES = "unpaired-slices"
     LABELLED_PATCHES_3D = "labelled-patches-3d"
+    GUIDED_CROPS_3D = "guided-crops-3d"
+    STRONG_PATCHES_3D = "strong-patches-3d"
+    MIXED_PATCHES_3D = "mixed-patches-3d"
 
     @property
     def dims(self) -> int:
         """Spatial dimensions of the images (2 or 3): the networks trained on them must match."""
-        return 3 if self is BatchKind.LABELLED_PATCHES_3D else 2
+        return 2 if self in (BatchKind.LABELLED_SLICES, BatchKind.UNPAIRED_SLICES) else 3
+
+    @property
+    def expert_labels_only(self) -> bool:
+        """Whether only expert labels train (teacher-made ``pseudo`` labels are left out)."""
+        return self in (BatchKind.GUIDED_CROPS_3D, BatchKind.STRONG_PATCHES_3D)
 
     @property
     def needs_mr(self) -> bool:

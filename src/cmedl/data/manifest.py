@@ -17,7 +17,10 @@ Format (paths are relative to the manifest file's folder, or absolute)::
 ``split`` is one of ``train``, ``val``, ``test``. All cases of one patient share one split.
 Optional keys (written only when set): ``tumour_kind`` (a free-text stratum such as the phantom's
 ``lung`` / ``mediastinal`` / ``chest-wall``, which evaluation reports per kind) and ``paired_mr`` (an
-MRI of the same patient on the case's image grid: the phantom's paired-oracle control arm).
+MRI of the same patient on the case's image grid: the phantom's paired-oracle control arm), ``boxes`` (a
+box file of axial bounding boxes on the image's grid, :mod:`cmedl.data.boxes`: weak labels; a case may
+have a label, boxes or both) and ``label_source`` (``expert`` | ``pseudo``: who made the label, e.g. a
+teacher's pseudo-label; only with a label).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from cmedl.errors import InputError, did_you_mean
 from cmedl.io.volume import atomic_path
 
 SPLITS = ("train", "val", "test")
+#: values of ``Case.label_source``: an expert's mask or a teacher's pseudo-label
+LABEL_SOURCES = ("expert", "pseudo")
 
 
 @dataclass
@@ -52,6 +57,8 @@ class Case:
     split: str = "train"
     tumour_kind: str | None = None
     paired_mr: str | None = None
+    boxes: str | None = None
+    label_source: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("id", "patient_id"):
@@ -67,12 +74,19 @@ class Case:
             raise InputError(did_you_mean(self.modality, MODALITIES, "modality"))
         if self.split not in SPLITS:
             raise InputError(did_you_mean(self.split, SPLITS, "split"))
-        for name in ("image", "label", "paired_mr"):
+        for name in ("image", "label", "paired_mr", "boxes"):
             value = getattr(self, name)
             if (value is not None or name == "image") and (not isinstance(value, str) or not value.strip()):
                 raise InputError(f"{name}: expected a file path (a non-empty string), got {value!r}")
         if self.tumour_kind is not None and (not isinstance(self.tumour_kind, str) or not self.tumour_kind.strip()):
             raise InputError(f"tumour_kind: expected a non-empty string or null, got {self.tumour_kind!r}")
+        if self.label_source is not None:
+            if not isinstance(self.label_source, str):
+                raise InputError(f"label_source: expected one of {', '.join(LABEL_SOURCES)}, got {self.label_source!r}")
+            if self.label_source not in LABEL_SOURCES:
+                raise InputError(did_you_mean(self.label_source, LABEL_SOURCES, "label_source"))
+            if self.label is None:
+                raise InputError(f"label_source '{self.label_source}' is set but the case has no label")
 
     def to_dict(self) -> dict:
         """JSON form; the optional keys only when set (manifests without them stay as they were)."""
@@ -81,7 +95,7 @@ class Case:
 
 _CASE_KEYS = tuple(f.name for f in dataclasses.fields(Case))
 _REQUIRED_KEYS = ("id", "patient_id", "modality", "image")
-_OPTIONAL_KEYS = ("tumour_kind", "paired_mr")
+_OPTIONAL_KEYS = ("tumour_kind", "paired_mr", "boxes", "label_source")
 
 
 def _case_from_json(index: int, item: object, path: Path) -> Case:
@@ -128,6 +142,10 @@ class Manifest:
 
     def paired_mr_path(self, case: Case) -> Path | None:
         return None if case.paired_mr is None else (self.root / case.paired_mr).resolve()
+
+    def boxes_path(self, case: Case) -> Path | None:
+        """The case's box file (:mod:`cmedl.data.boxes`), or None when it has no boxes."""
+        return None if case.boxes is None else (self.root / case.boxes).resolve()
 
     def select(
         self,

@@ -7,6 +7,11 @@ student's manifest: the ``train`` split of that manifest, or every MRI case when
 ``train`` split (a separate MRI set is often unsplit). MRI must come from other patients than the student's
 cases (CMEDL is unpaired); labelled and unlabelled MRI are both used (the teacher's real-MRI loss
 skips the unlabelled ones).
+
+Labels may be expert contours or a teacher's pseudo labels (the manifest's ``label_source``,
+``cmedl pseudo-label``). ``labels="expert"`` (the teacher-student paper's teachers and baseline)
+keeps the expert-labelled cases only; ``labels="any"`` every labelled case. Box-only cases (boxes,
+no label) never train a method that needs masks: a selection left with none names them.
 """
 
 from __future__ import annotations
@@ -44,10 +49,36 @@ def as_manifest(manifest: Manifest | str | Path) -> Manifest:
     return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
 
 
-def _labelled(manifest: Manifest, split: str, modality: str) -> list[Case]:
+#: which labels a selection accepts
+LABEL_CHOICES = ("any", "expert")
+
+
+def is_pseudo(case: Case) -> bool:
+    """Whether the case's label was made by a teacher (``label_source: pseudo``)."""
+    return case.label is not None and getattr(case, "label_source", None) == "pseudo"
+
+
+def is_box_only(case: Case) -> bool:
+    """A case with a box file and no label (weakly annotated)."""
+    return case.label is None and getattr(case, "boxes", None) is not None
+
+
+def _labelled(manifest: Manifest, split: str, modality: str, labels: str = "any") -> list[Case]:
     cases = manifest.select(split=split, modality=modality, labelled=True)
+    if labels == "expert":
+        cases = [c for c in cases if not is_pseudo(c)]
     if not cases:
-        raise InputError(f"no labelled {modality} cases in split '{split}'", manifest.source)
+        every = manifest.select(split=split, modality=modality)
+        n_box = sum(is_box_only(c) for c in every)
+        n_pseudo = sum(is_pseudo(c) for c in every)
+        kind = "expert-labelled" if labels == "expert" else "labelled"
+        why = []
+        if n_box:
+            why.append(f"{n_box} box-only (this method needs masks; `cmedl pseudo-label` makes them)")
+        if n_pseudo and labels == "expert":
+            why.append(f"{n_pseudo} pseudo-labelled (this method trains on expert masks only)")
+        raise InputError(f"no {kind} {modality} cases in split '{split}'" + (f": {len(every)} cases, "
+                         + " and ".join(why) if why else ""), manifest.source)
     return cases
 
 
@@ -64,18 +95,22 @@ def select_mr(student_cases: list[Case], manifest: Manifest, mr_manifest: Manife
 
 
 def select_cases(manifest: Manifest | str | Path, mr_manifest: Manifest | str | Path | None, modality: str,
-                 needs_mr: bool) -> CaseSelection:
+                 needs_mr: bool, labels: str = "any") -> CaseSelection:
     """Pick the training, validation and (``needs_mr``) MRI cases; every check runs before any image
-    is read. Raises :class:`InputError` naming the manifest for a missing modality, split or MRI, or
-    MRI of the student's patients."""
+    is read. ``labels``: ``any`` labelled case, or ``expert`` labels only (see the module docstring).
+    Raises :class:`InputError` naming the manifest for a missing modality, split or MRI, MRI of the
+    student's patients, or no usable label (box-only or pseudo-labelled cases named)."""
+    if labels not in LABEL_CHOICES:
+        raise ValueError(f"labels must be one of {LABEL_CHOICES}, got {labels!r}")
     manifest = as_manifest(manifest)
     mr = as_manifest(mr_manifest) if mr_manifest is not None else None
     student_cases = manifest.select(modality=modality)
     if not student_cases:
         raise InputError(f"no {modality} cases (data.modality is '{modality}')", manifest.source)
     mr_source, mr_train = select_mr(student_cases, manifest, mr, modality) if needs_mr else (None, [])
-    return CaseSelection(manifest, _labelled(manifest, "train", modality), _labelled(manifest, "val", modality),
-                         mr_source, mr_train)
+    return CaseSelection(manifest, _labelled(manifest, "train", modality, labels),
+                         _labelled(manifest, "val", modality, labels), mr_source, mr_train)
 
 
-__all__ = ["CaseSelection", "as_manifest", "check_disjoint_patients", "select_cases", "select_mr"]
+__all__ = ["LABEL_CHOICES", "CaseSelection", "as_manifest", "check_disjoint_patients", "is_box_only", "is_pseudo",
+           "select_cases", "select_mr"]

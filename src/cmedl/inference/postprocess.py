@@ -86,6 +86,42 @@ def remove_small_components(mask: np.ndarray, spacing_zyx: tuple[float, float, f
     return out
 
 
+def keep_components_touching(mask: np.ndarray, region: np.ndarray, connectivity: int = 3) -> np.ndarray:
+    """Keep the connected components of a binary ``[z, y, x]`` mask that share at least one voxel with
+    ``region`` (e.g. the lungs dilated by a margin: LungTumorMask's lung filter), ``uint8`` out. A tumour
+    mostly outside the lungs (mediastinal, chest wall) stays when any of its voxels reaches the region."""
+    mask, region = np.asarray(mask) != 0, np.asarray(region) != 0
+    if mask.ndim != 3 or region.shape != mask.shape:
+        raise InputError(f"mask and region must be 3D arrays of one shape, got {mask.shape} and {region.shape}")
+    out = np.zeros(mask.shape, np.uint8)
+    box = _crop_box(mask)
+    if box is None:
+        return out
+    labels, n = ndimage.label(mask[box], structure=ndimage.generate_binary_structure(3, connectivity))
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(labels[region[box] & (labels > 0)])] = True
+    keep[0] = False
+    out[box] = keep[labels]
+    return out
+
+
+def near_region(region: np.ndarray, spacing_zyx: tuple[float, float, float], margin_mm: float) -> np.ndarray:
+    """Voxels within ``margin_mm`` (Euclidean, physical) of a binary ``[z, y, x]`` region (the region
+    itself included); ``margin_mm = 0`` gives the region. Computed on the region's bounding box grown by
+    the margin (SciPy's exact distance transform), so it stays fast on whole CTs."""
+    region = np.asarray(region) != 0
+    if not float(margin_mm) >= 0.0:
+        raise InputError(f"margin must be >= 0 mm, got {margin_mm}")
+    box = _crop_box(region)
+    if box is None or margin_mm == 0:
+        return region.copy()
+    grow = [int(np.ceil(margin_mm / s)) + 1 for s in spacing_zyx]
+    big = tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(box, grow, region.shape))
+    out = np.zeros(region.shape, bool)
+    out[big] = ndimage.distance_transform_edt(~region[big], sampling=spacing_zyx) <= float(margin_mm)
+    return out
+
+
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill the holes of a binary ``[z, y, x]`` mask in every axial slice (``uint8`` out).
 
@@ -105,16 +141,20 @@ def postprocess_probabilities(
     fill_holes: bool = False,
     min_component_ml: float = 0.0,
     spacing_zyx: tuple[float, float, float] | None = None,
+    keep_region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Threshold a probability map ``[z, y, x]`` and apply the optional clean-ups, in this order:
     threshold (``p >= threshold``), components below ``min_component_ml`` removed (needs
-    ``spacing_zyx``), largest 3D connected component (26-connectivity), per-slice hole filling.
+    ``spacing_zyx``), components not touching ``keep_region`` removed (the lung filter), largest 3D
+    connected component (26-connectivity), per-slice hole filling.
     Returns a ``uint8`` mask with values {0, 1}."""
     mask = threshold_mask(probabilities, threshold)
     if min_component_ml > 0:
         if spacing_zyx is None:
             raise InputError("removing small components needs the voxel spacing")
         mask = remove_small_components(mask, spacing_zyx, min_component_ml)
+    if keep_region is not None:
+        mask = keep_components_touching(mask, keep_region)
     if largest_component:
         mask = largest_connected_component(mask)
     if fill_holes:

@@ -15,7 +15,10 @@ Pipeline of :func:`segment_volume` for one volume ``[z, y, x]``:
    :func:`cmedl.data.preprocess.restore_to_input` (linear interpolation if the preprocessing
    resampled in-plane, probability 0 outside the body crop);
 4. :func:`cmedl.inference.postprocess.postprocess_probabilities`: ``p >= threshold``, optional
-   largest 3D connected component and per-slice hole filling. The mask is the thresholded
+   lung filter (``lung_filter``: keep the components that reach the lungs, the classical lung mask of
+   :func:`cmedl.data.lung.lung_mask` on the input CT grown by ``lung_margin_mm``; LungTumorMask's
+   post-processing, which without a margin drops tumours outside the lung mask), largest 3D connected
+   component and per-slice hole filling (LungTumorMask's issue #8: holes on 5 mm slices). The mask is the thresholded
    *restored* probability map, so the written mask and probability files always agree voxel by
    voxel (``mask == (prob >= threshold)`` before the optional clean-ups).
 
@@ -26,6 +29,7 @@ Test-time (Monte Carlo) dropout, as in the CBCT paper's robustness analysis
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmedl.data.lung import lung_mask
 from cmedl.data.plausibility import check_modality
 from cmedl.data.preprocess import PreprocessConfig, prepare_volume, restore_to_input
 from cmedl.devices import keep_freed_host_memory, resolve_device
@@ -53,13 +58,21 @@ from cmedl.inference.formats import (
     dicom_formats,
     output_suffixes,
 )
-from cmedl.inference.postprocess import postprocess_probabilities
+from cmedl.inference.postprocess import near_region, postprocess_probabilities
 from cmedl.io.dicom_export import export_mask
 from cmedl.io.volume import Volume, read_volume
 from cmedl.methods import build_test_time_model
 from cmedl.methods.checkpoint_as import checkpoint_as_method
+from cmedl.methods.checkpoints import method_of
 from cmedl.nets.predict import inference_copy, network_dims, predict_slices, predict_volume_3d
 from cmedl.training.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: distance from the lungs within which the lung filter keeps a component: tumours abutting the
+#: mediastinum or chest wall lie mostly outside the lung mask (measured on the phantom: ~12 % of their
+#: voxels inside it), so a component must reach the lungs grown by this margin, not lie inside them
+DEFAULT_LUNG_MARGIN_MM = 5.0
 
 
 @dataclass
@@ -99,6 +112,8 @@ def segment_volume(
     channels_last: bool | None = None,
     patch_size: Sequence[int] | None = None,
     overlap: float = 0.25,
+    lung_filter: bool = False,
+    lung_margin_mm: float = DEFAULT_LUNG_MARGIN_MM,
 ) -> SegmentationResult:
     """Segment one volume with a 2D (slice-wise) or 3D (sliding-window) student; every output is on
     ``volume``'s exact grid.
@@ -124,6 +139,8 @@ def segment_volume(
         patch_size: ``(d, h, w)`` sliding window of a 3D student (``net.dims == 3``; required
             then: the checkpoint's ``data.patch_size_3d``); ignored for 2D students.
         overlap: sliding-window overlap of a 3D student, in ``[0, 1)``.
+        lung_filter: keep only the mask components within ``lung_margin_mm`` of the lungs (CT only;
+            no lung found: the mask is left as it is, with a logged warning).
 
     Raises:
         InputError: bad arguments or an image the preprocessing refuses (named by its source).
@@ -146,8 +163,9 @@ def segment_volume(
     probs = restore_to_input(probs_w, prepared, is_label=False, fill_value=0.0)
     del probs_w
     np.clip(probs, 0.0, 1.0, out=probs)  # linear interpolation cannot leave [0, 1]; guards rounding
+    region = lung_region(volume, lung_margin_mm) if lung_filter else None
     mask = postprocess_probabilities(probs, threshold, largest_component, fill_holes, min_component_ml,
-                                     volume.spacing_zyx)
+                                     volume.spacing_zyx, keep_region=region)
     uncertainty = None
     if sd_w is not None:
         sd = restore_to_input(sd_w, prepared, is_label=False, fill_value=0.0)
@@ -157,6 +175,16 @@ def segment_volume(
         probabilities=volume.with_array(probs) if return_probabilities else None,
         uncertainty=uncertainty,
     )
+
+
+def lung_region(volume: Volume, margin_mm: float = DEFAULT_LUNG_MARGIN_MM) -> np.ndarray | None:
+    """The lungs of a CT grown by ``margin_mm`` (bool ``[z, y, x]``), or None (and a warning) when no
+    lung is found: the lung filter then keeps every component rather than erasing the mask."""
+    lungs = lung_mask(volume) > 0
+    if not lungs.any():
+        log.warning("%s: no lung found; the lung filter is skipped", volume.meta.get("source", "volume"))
+        return None
+    return near_region(lungs, volume.spacing_zyx, margin_mm)
 
 
 # ============================================================================ files
@@ -196,6 +224,8 @@ def segment_files(
     overwrite: bool = True,
     on_skip: Callable[[Path, Sequence[Path]], None] | None = None,
     recipe: str | None = None,
+    lung_filter: bool = False,
+    lung_margin_mm: float = DEFAULT_LUNG_MARGIN_MM,
 ) -> list[Path]:
     """Segment image files / DICOM folders with the test-time model of checkpoint ``model_path``.
 
@@ -216,7 +246,9 @@ def segment_files(
     ``overwrite``, a case whose files all exist (a finished case of an earlier run) is skipped and
     reported through ``on_skip``. ``recipe`` runs the checkpoint with another registered method's
     test-time recipe (e.g. ``pmri-cmedl`` on a ``cmedl`` checkpoint: CT -> pMRI -> MRI teacher; see
-    :func:`cmedl.methods.checkpoint_as.checkpoint_as_method`). Other arguments: see :func:`segment_volume`.
+    :func:`cmedl.methods.checkpoint_as.checkpoint_as_method`). A guided teacher (``box-teacher``,
+    ``point-teacher``) is refused: it needs boxes (``cmedl pseudo-label``). Other arguments: see
+    :func:`segment_volume`.
 
     Returns:
         The main output (mask, else the first DICOM file) of every case, in input order.
@@ -244,7 +276,12 @@ def segment_files(
     else:
         cases = check_inputs(inputs, out_dir, suffixes)
         check_dicom_inputs([p for p, _ in cases], fmts)
+    if not float(lung_margin_mm) >= 0.0:
+        raise InputError(f"lung margin must be >= 0 mm, got {lung_margin_mm}")
     ckpt = load_checkpoint(model_path)
+    if getattr(method_of(ckpt, model_path), "guidance", None) is not None:
+        raise InputError(f"checkpoint of method '{method_of(ckpt, model_path).name}' is a guided teacher: it needs "
+                         "boxes at test time; use `cmedl pseudo-label` (or segment with a student)", model_path)
     if recipe is not None:
         ckpt = checkpoint_as_method(ckpt, recipe, source=model_path)
     model, preprocess, config = build_test_time_model(ckpt, source=model_path)
@@ -268,7 +305,8 @@ def segment_files(
         result = segment_volume(
             volume, run_net, preprocess, batch_size=batch_size, device=dev, threshold=threshold,
             largest_component=largest_component, fill_holes=fill_holes, min_component_ml=min_component_ml,
-            return_probabilities=probabilities, amp_bf16=amp_bf16, mc_dropout_samples=mc_dropout_samples, seed=seed, patch_size=patch_size,
+            return_probabilities=probabilities, amp_bf16=amp_bf16, mc_dropout_samples=mc_dropout_samples, seed=seed,
+            patch_size=patch_size, lung_filter=lung_filter, lung_margin_mm=lung_margin_mm,
         )
         files = export_mask(result.mask, path, out, to_dicom, name=name, roi_name=roi_name, colour=colour,
                             probabilities=result.probabilities if "seg" in to_dicom else None) if to_dicom else []
@@ -288,4 +326,5 @@ def segment_files(
                      skip_finished=None if overwrite else planned, on_skip=on_skip)
 
 
-__all__ = ["SegmentationResult", "check_segment_arguments", "segment_files", "segment_volume"]
+__all__ = ["DEFAULT_LUNG_MARGIN_MM", "SegmentationResult", "check_segment_arguments", "lung_region", "segment_files",
+           "segment_volume"]

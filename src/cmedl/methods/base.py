@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cmedl.config import TrainConfig
@@ -103,6 +104,57 @@ def _match_state_layouts(opt: torch.optim.Optimizer) -> None:
         for key, v in st.items():
             if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
                 st[key] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+# ------------------------------------------------------------------------------ data-parallel runs
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """``flag`` on any process of a data-parallel run (``cmedl.training.distributed``); ``flag`` itself in
+    one process. A data-dependent branch that runs a network or a loss decides on it, so that every rank
+    makes the same collective calls (pooled losses, SyncBatchNorm)."""
+    if _world() == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over the ranks: the backward pass sums the incoming gradients over the ranks too
+    (each rank's share feeds every rank's loss). ``torch.distributed.nn.functional.all_reduce`` does the
+    same but is deprecated (torch 2.13)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+
+def global_soft_dice(logits: torch.Tensor, target: torch.Tensor, sample_mask: torch.Tensor | None,
+                     pooled: bool, smooth: float = 1.0) -> torch.Tensor:
+    """:func:`cmedl.losses.soft_dice_loss` over the GLOBAL batch of a data-parallel run (``batch``: one
+    Dice of the sums pooled over every rank's labelled samples; else the mean over every rank's labelled
+    samples), from differentiable all-reduces of the per-rank sums. Its value is the global loss on every
+    rank; its gradient, once the trainer averages gradients over the W ranks, is the global loss's."""
+    prob, tgt = torch.sigmoid(logits.float()).flatten(1), target.float().flatten(1)
+    inter, denom = (prob * tgt).sum(1), prob.sum(1) + tgt.sum(1)
+    w = torch.ones_like(inter) if sample_mask is None else sample_mask.reshape(-1).to(inter.device, inter.dtype)
+    if pooled:
+        s = AllReduceSum.apply(torch.stack([(w * inter).sum(), (w * denom).sum(), w.sum()]))
+        return (1.0 - (2.0 * s[0] + smooth) / (s[1] + smooth)) * (s[2] > 0).to(s.dtype)
+    per = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+    s = AllReduceSum.apply(torch.stack([(w * per).sum(), w.sum()]))
+    return s[0] / s[1].clamp_min(1.0)
 
 
 class Method(abc.ABC):
@@ -239,6 +291,8 @@ class Method(abc.ABC):
     def seg_loss(self, logits: torch.Tensor, label: torch.Tensor, sample_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Soft Dice loss with the configured reduction (``loss.dice_reduction``: batch or sample)."""
         mode = self.config.loss.dice_reduction
+        if _world() > 1 and torch.is_grad_enabled():  # data-parallel training: the loss of the global batch
+            return global_soft_dice(logits, label, sample_mask, pooled=mode == "batch")
         return soft_dice_loss(logits.float(), label, sample_mask=sample_mask,
                               reduction="batch" if mode == "batch" else "mean")
 

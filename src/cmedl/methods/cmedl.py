@@ -50,7 +50,7 @@ from cmedl.config import TrainConfig
 from cmedl.config.schema import check_choice, check_positive
 from cmedl.data.batches import BatchKind
 from cmedl.losses import hint_loss
-from cmedl.methods.base import Method, batch_statistics_only, build_segmenter, parameters_of
+from cmedl.methods.base import Method, any_rank, batch_statistics_only, build_segmenter, parameters_of
 from cmedl.methods.translators import TRANSLATORS, get_translator
 from cmedl.nets import HINT_OPTIONS, check_hint_compatible
 
@@ -149,7 +149,8 @@ class CMEDL(Method):
         mr_label = self.to_device(batch["mr_label"]) if "mr_label" in batch else None
         has = batch.get("mr_has_label")
         has_cpu = torch.as_tensor(has, dtype=torch.bool).reshape(-1) if has is not None else None
-        any_labelled_mr = has_cpu is not None and bool(has_cpu.any()) and mr_label is not None
+        # decided over every rank of a data-parallel run: all ranks then run the same losses (collectives)
+        any_labelled_mr = mr_label is not None and has_cpu is not None and any_rank(bool(has_cpu.any()), self.device)
         student, teacher = self.networks["student_ct"], self.networks["teacher_mr"]
         s_terms: dict[str, torch.Tensor] = {}
         with self.autocast():

@@ -30,13 +30,15 @@ from cmedl.methods.ct_pmri import CTPMRI, CTPMRIWeighted
 from cmedl.methods.pmri import PMRICycle, PMRIUnit
 from cmedl.methods.pmri_cmedl import PMRICMEDL
 from cmedl.methods.translators import TRANSLATORS
+from cmedl.methods.ts_student import TSBaseline, TSStudent, TSStudentDO
+from cmedl.methods.ts_teacher import BoxTeacher, PointTeacher
 from cmedl.nets import SEGMENTATION_NETS
 
 log = logging.getLogger(__name__)
 
 #: the methods that ship with cmedl, in the order ``cmedl methods`` lists them
 BUILTIN_METHODS: tuple[type[Method], ...] = (CTOnly, CMEDL, CTOnly3D, PMRICycle, PMRIUnit, CTPMRI, CTPMRIWeighted,
-                                              PMRICMEDL)
+                                              PMRICMEDL, BoxTeacher, PointTeacher, TSBaseline, TSStudent, TSStudentDO)
 
 _METHODS: dict[str, type[Method]] = {cls.name: cls for cls in BUILTIN_METHODS}
 

@@ -26,9 +26,14 @@ _NETS: dict[str, tuple[str, str, int]] = {
     "densefcn57": ("cmedl.nets.densefcn", "DenseFCN57", 12),
     "mrrn": ("cmedl.nets.mrrn", "MRRN", 64),
     "unet3d": ("cmedl.nets.unet3d", "UNet3D", 32),
+    # the teacher-student paper's networks (stride-2 convolutions, PReLU): students 4 levels, teacher 3,
+    # dual-output student (segmentation + axial box channels); width 16 is our choice (not stated)
+    "ts-unet3d": ("cmedl.nets.ts_unet3d", "TSUNet3D", 16),
+    "ts-unet3d-teacher": ("cmedl.nets.ts_unet3d", "TSUNet3DTeacher", 16),
+    "ts-unet3d-do": ("cmedl.nets.ts_unet3d", "TSUNet3DDual", 16),
 }
 SEGMENTATION_NETS_2D: tuple[str, ...] = ("unet", "densefcn57", "mrrn")
-SEGMENTATION_NETS_3D: tuple[str, ...] = ("unet3d",)
+SEGMENTATION_NETS_3D: tuple[str, ...] = ("unet3d", "ts-unet3d", "ts-unet3d-teacher", "ts-unet3d-do")
 SEGMENTATION_NETS: tuple[str, ...] = SEGMENTATION_NETS_2D + SEGMENTATION_NETS_3D
 
 

@@ -16,6 +16,8 @@ Format ``cmedl-checkpoint/1`` (keys are stable; readers must ignore keys they do
       "best": {"epoch": int, "val_loss": float, "val_dice": float, "epochs_since_best": int},
       "history": [per-epoch dict, ...],
       "rng": {"torch": ByteTensor, "cuda": [ByteTensor], "numpy": {...ints/tensor}, "python": {...}},
+      "world_size": int,                  # processes of the run (torchrun); 1 without
+      "method_state_ranks": [{...}, ...], # data-parallel runs only: each rank's method extras (image pools)
     }
 
 Writes go through :func:`cmedl.io.atomic.atomic_path` (hidden temporary folder + ``fsync`` + ``os.replace``),

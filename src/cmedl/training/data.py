@@ -20,6 +20,7 @@ from cmedl.data.augment import AugmentConfig
 from cmedl.data.batches import BatchKind
 from cmedl.data.datasets import SliceDataset, UnpairedDataset, VolumeCache
 from cmedl.data.datasets3d import PatchDataset3D
+from cmedl.data.datasets_ts import BoxPatchDataset3D, GuidedCropDataset, TSCache
 from cmedl.data.manifest import Manifest
 from cmedl.data.preprocess import PreprocessConfig
 from cmedl.data.selection import CaseSelection, select_cases
@@ -81,18 +82,51 @@ def _labelled_patches_3d(config: TrainConfig, selection: CaseSelection, progress
     return TrainingData(train, val, val_cache, student_pp, None)
 
 
+def _flip_prob(config: TrainConfig) -> float:
+    augment = config.augmentation.augment_config()
+    return augment.flip_prob if augment is not None else 0.0  # 3D: random flips of every axis only
+
+
+def _guided_crops_3d(config: TrainConfig, selection: CaseSelection, progress: bool) -> TrainingData:
+    """Teacher crops around the lesions of the expert-labelled cases (``data.patch_size_3d``, centre
+    jitter up to 1/8 of the crop), and fixed validation crops centred on the lesions."""
+    d, seed = config.data, config.training.seed
+    student_pp, _ = config.preprocess_configs()
+    train_cache = TSCache.load(selection.manifest, selection.train, student_pp)
+    train = GuidedCropDataset(train_cache, d.patch_size_3d, d.samples_per_epoch, 0.125, _flip_prob(config), seed)
+    val_cache = TSCache.load(selection.manifest, selection.val, student_pp)
+    val = GuidedCropDataset(val_cache, d.patch_size_3d, d.val_samples, 0.0, 0.0, seed + VAL_SEED_OFFSET)
+    return TrainingData(train, val, val_cache.volume_cache(), student_pp, None)
+
+
+def _box_patches_3d(config: TrainConfig, selection: CaseSelection, progress: bool) -> TrainingData:
+    """Student patches (expert, or expert + pseudo labels: the selection decided) with box targets."""
+    d, seed = config.data, config.training.seed
+    student_pp, _ = config.preprocess_configs()
+    train_cache = TSCache.load(selection.manifest, selection.train, student_pp)
+    train = BoxPatchDataset3D(train_cache, d.patch_size_3d, d.tumour_fraction, d.samples_per_epoch, _flip_prob(config),
+                              seed=seed)
+    val_cache = TSCache.load(selection.manifest, selection.val, student_pp)
+    val = BoxPatchDataset3D(val_cache, d.patch_size_3d, 0.5, d.val_samples, 0.0, seed=seed + VAL_SEED_OFFSET)
+    return TrainingData(train, val, val_cache.volume_cache(), student_pp, None)
+
+
 #: dataset builder of each batch kind
 BUILDERS: dict[BatchKind, Callable[[TrainConfig, CaseSelection, bool], TrainingData]] = {
     BatchKind.LABELLED_SLICES: _labelled_slices,
     BatchKind.UNPAIRED_SLICES: _unpaired_slices,
     BatchKind.LABELLED_PATCHES_3D: _labelled_patches_3d,
+    BatchKind.GUIDED_CROPS_3D: _guided_crops_3d,
+    BatchKind.STRONG_PATCHES_3D: _box_patches_3d,
+    BatchKind.MIXED_PATCHES_3D: _box_patches_3d,
 }
 
 
 def build_training_data(config: TrainConfig, batch_kind: BatchKind, manifest: Manifest | str | Path,
                         mr_manifest: Manifest | str | Path | None = None, progress: bool = False) -> TrainingData:
     """Select the cases (every check before any image is read) and build the datasets of ``batch_kind``."""
-    selection = select_cases(manifest, mr_manifest, config.data.modality, batch_kind.needs_mr)
+    selection = select_cases(manifest, mr_manifest, config.data.modality, batch_kind.needs_mr,
+                             labels="expert" if batch_kind.expert_labels_only else "any")
     return BUILDERS[batch_kind](config, selection, progress)
 
 

@@ -44,10 +44,13 @@ def write_history_csv(path: str | Path, history: Sequence[Mapping[str, Any]]) ->
 
 
 class TensorBoardLogger:
-    """Thin wrapper of ``SummaryWriter`` writing to ``log_dir``; ``purge_step`` drops events after a resume point."""
+    """Thin wrapper of ``SummaryWriter`` writing to ``log_dir``; ``purge_step`` drops events after a resume point;
+    ``enabled=False``: a no-op (the ranks other than 0 of a data-parallel run)."""
 
-    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None, enabled: bool = True) -> None:
         self.writer = None
+        if not enabled:  # ranks other than 0 of a data-parallel run log nothing
+            return
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -2,7 +2,9 @@
 
 A resumed run takes exactly the steps an uninterrupted run would take: network/optimiser states,
 method extras (image pools), global RNG states, the epoch and the early-stopping state are restored,
-and the data order depends only on (seed, epoch, index). Only settings that do not change the steps
+and the data order depends only on (seed, epoch, index). A data-parallel run resumes exactly with the
+same world size (each rank's extras are in the checkpoint, its RNGs are reseeded per epoch); with
+another one it continues from the same weights with other per-rank batches (see :func:`restore_run`). Only settings that do not change the steps
 may differ between a run and its resumption (:data:`RESUMABLE_CHANGES`).
 """
 
@@ -86,12 +88,19 @@ class RunState:
         return self.best["epochs_since_best"] >= patience
 
 
-def restore_run(method: Method, ckpt: dict[str, Any] | None) -> RunState:
+def restore_run(method: Method, ckpt: dict[str, Any] | None, world: int = 1, rank: int = 0) -> RunState:
     """The run state of a new run (``ckpt`` None) or of the checkpoint, whose networks, optimisers,
-    extras and RNG states are loaded into ``method`` and the process."""
+    extras and RNG states are loaded into ``method`` and the process.
+
+    Data-parallel runs (``world`` processes): a checkpoint written by a run of the same world size gives
+    each rank its own method extras (image pools); with another world size every rank starts from rank
+    0's (the checkpoint's) extras, and the steps differ from the interrupted run's from there on."""
     state = RunState()
     if ckpt is not None:
         method.load_state_dict(ckpt)
+        per_rank = ckpt.get("method_state_ranks")
+        if world > 1 and int(ckpt.get("world_size", 1)) == world and per_rank is not None and len(per_rank) == world:
+            method.load_extra_state(dict(per_rank[rank]))
         state.history = list(ckpt.get("history", []))
         state.epoch, state.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
         state.best = {**state.best, **ckpt.get("best", {})}

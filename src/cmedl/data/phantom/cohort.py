@@ -13,6 +13,7 @@ to 3.03 x 2.68 x 2.5 mm, and a field of view shifted by up to 15 mm per case.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from cmedl.data.boxes import boxes_from_mask, choose_box_only, write_boxes
 from cmedl.data.manifest import Case, Manifest, split_by_patient
 from cmedl.data.phantom.anatomy import Anatomy, Grid, TumourInfo, build_anatomy, sample_patient
 from cmedl.data.phantom.cbct import render_cbct
@@ -45,6 +47,8 @@ MR_SPACING_RATIO = (1.1 / 0.98, 0.97 / 0.98, 2.5 / 3.0)
 MAX_VOXELS = 2**31
 #: folder of the paired-oracle MRIs (CT patients' own anatomy as MRI on the CT grid)
 PAIRED_MR_DIR = "paired_mr"
+#: folder of the box files (``PhantomOptions.box_only_share``)
+BOXES_DIR = "boxes"
 
 
 @dataclass
@@ -191,6 +195,10 @@ def _write_case(args: tuple) -> dict:
     if with_label:
         lab_rel = f"labels/{case.case_id}.nii.gz"
         write_volume(case.mask, out / lab_rel)
+    boxes_rel = None
+    if options.box_only_share and modality == "ct":  # box files only when asked: outputs unchanged otherwise
+        boxes_rel = f"{BOXES_DIR}/{case.case_id}.json"
+        write_boxes(out / boxes_rel, boxes_from_mask(case.mask.array, case.image))
     paired_rel = None
     if case.paired_mr is not None:
         paired_rel = f"{PAIRED_MR_DIR}/{case.case_id}.nii.gz"
@@ -202,6 +210,7 @@ def _write_case(args: tuple) -> dict:
         "image": img_rel,
         "label": lab_rel,
         "paired_mr": paired_rel,
+        "boxes": boxes_rel,
         "tumour_kind": case.tumour_kind if modality != "mr" or with_label else None,
         "tumours": [t.__dict__ for t in case.tumours],
     }
@@ -257,6 +266,8 @@ def generate_cohort(
     files += [f"labels/{case_id(j[0], j[1])}.nii.gz" for j in jobs if j[6]]  # j[6]: with a label
     if options.paired_oracle:
         files += [f"{PAIRED_MR_DIR}/{case_id(j[0], j[1])}.nii.gz" for j in jobs if j[0] != "mr"]
+    if options.box_only_share:
+        files += [f"{BOXES_DIR}/{case_id(j[0], j[1])}.json" for j in jobs if j[0] == "ct"]
     files += ["tumours.json", MANIFEST]  # the manifest last: it is what makes the cohort
     check_destination(out, files, overwrite)
     n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
@@ -381,6 +392,12 @@ def _cohort_manifest(
         for r in ordered
     ]
     cases = split_by_patient(cases, fractions, seed=int(seed))
+    if options.box_only_share:
+        boxes = {r["id"]: r["boxes"] for r in ordered}
+        pool = [c.id for c in cases if c.modality == "ct" and c.split == "train" and c.tumour_kind is not None]
+        box_only = set(choose_box_only(pool, options.box_only_share, None, int(seed)))
+        cases = [dataclasses.replace(c, boxes=boxes[c.id], label=None if c.id in box_only else c.label)
+                 for c in cases]
     nz, ny, nx = shape
     return Manifest(
         cases,

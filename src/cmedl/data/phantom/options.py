@@ -57,13 +57,16 @@ class PhantomOptions:
     ct_cue_hu: tuple[float, float] = (15.0, 25.0)
     cue_sign: str = "positive"
     paired_oracle: bool = False
+    #: share of the CT training cases made box-only (issue 16): every CT case gets ``boxes/<id>.json``
+    #: and the chosen ones no label in the manifest (their label file is still written, for scoring)
+    box_only_share: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = _pair(self.diameter_mm, "tumour diameter (mm)")
         if not (3.0 <= lo <= hi <= 150.0):
             raise InputError(f"tumour diameter (mm): need 3 <= LO <= HI <= 150, got {lo:g},{hi:g}")
         object.__setattr__(self, "diameter_mm", (lo, hi))
-        for name in ("nodule_share", "second_tumour"):
+        for name in ("nodule_share", "second_tumour", "box_only_share"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"{name.replace('_', ' ')}: expected a share in [0, 1], got {v:g}")
@@ -102,7 +105,9 @@ class PhantomOptions:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain values; ``box_only_share`` only when set (records made before it stay the same)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "box_only_share" or v}
 
     @property
     def cohort_name(self) -> str:
@@ -119,6 +124,8 @@ class PhantomOptions:
             text += f", {self.nodule_share:.0%} 5-15 mm nodules"
         if self.second_tumour:
             text += f", second tumour in {self.second_tumour:.0%}"
+        if self.box_only_share:
+            text += f"; {self.box_only_share:.0%} of CT training cases box-only"
         return text + ("; paired-oracle MRI on the CT grid" if self.paired_oracle else "")
 
     def kind_for_index(self, index: int) -> str:
