@@ -41,8 +41,10 @@ decides on :func:`cmedl.methods.base.any_rank`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
+import random
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -228,7 +230,6 @@ def check_world(batch_size: int, world: int) -> None:
 def reseed_rank(seed: int, epoch: int, rank_: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) from (seed, epoch, rank): the per-rank RNG of a
     distributed run, reproducible on resume without storing every rank's RNG state."""
-    import random  # lazy: only distributed runs reseed per rank
 
     s = int(np.random.SeedSequence([seed, epoch, rank_, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
     random.seed(s)
@@ -357,7 +358,6 @@ def convert_sync_batchnorm(net: nn.Module, device: torch.device) -> nn.Module:
 def plain_batchnorm(net: nn.Module, dims: int) -> nn.Module:
     """A copy of ``net`` whose synchronised batch-norm layers are plain ``BatchNorm{dims}d`` again (for
     inference copies, which fold conv + batch norm into the conv); ``net`` itself when it has none."""
-    import copy  # lazy: only with sync batch norm
 
     sync = (nn.SyncBatchNorm, CPUSyncBatchNorm)
     if not any(isinstance(m, sync) for m in net.modules()):
