@@ -58,6 +58,15 @@ def test_demo_end_to_end_minimal(tmp_path):
     kinds = {c.tumour_kind for c in test_cases}
     assert kinds and {p.name for p in out.glob("comparison.*.csv")} == {f"comparison.{k}.csv" for k in kinds}
     assert (out / "demo_slices.png").stat().st_size > 10_000
+    # the demo ends with its HTML report, with simulated raters for the inter-rater section
+    assert f"report: {out / 'report' / 'index.html'}" in result.output.replace("\n", "")
+    page = (out / "report" / "index.html").read_text()
+    for key in ("cohort", "results", "training", "examples", "pmri", "tsne", "featuremaps", "dropout", "raters"):
+        assert f'id="{key}"' in page
+    assert 'id="raters" data-status="content"' in page and 'id="tsne" data-status="content"' in page
+    assert sorted(p.name for p in (out / "raters").iterdir()) == ["rater1", "rater2", "rater3"]
+    assert len(list((out / "raters" / "rater1").glob("*.nii.gz"))) == len(test_cases)
+    assert (out / "report" / "figures" / "tsne.png").stat().st_size > 5_000
     # a second run reuses the finished steps instead of retraining
     again = CliRunner().invoke(app, args + ["--size", "48x48x12"])
     assert again.exit_code == 0, again.output

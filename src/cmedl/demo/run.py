@@ -15,6 +15,8 @@ Steps (each writes under ``out_dir``):
 6. tables            overall and per tumour kind (:mod:`.report`), ``comparison*.csv``.
 7. diagnostics       tumour-vs-neighbour AUC on CT and on pMRI, the teacher's Dice (:mod:`.diagnostics`).
 8. ``demo_slices.png`` test slices: CT, pMRI, expert contour and every method's contour.
+9. ``raters/``       three simulated raters of the test cases (:mod:`cmedl.data.phantom.raters`), and
+   ``report/``       the HTML report of everything above (:func:`cmedl.report.build_report`).
 
 The test split is used only in steps 4-8; training uses train (and val for the best epoch).
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from cmedl.config import TrainConfig
 from cmedl.data.manifest import Case, Manifest
 from cmedl.data.phantom import PhantomOptions, generate_cohort
+from cmedl.data.phantom.raters import write_rater_masks
 from cmedl.demo.diagnostics import Diagnostics, mechanism_diagnostics
 from cmedl.demo.figure import save_demo_figure
 from cmedl.demo.report import DemoTables, demo_tables
@@ -45,6 +48,7 @@ from cmedl.inference.segment import segment_files
 from cmedl.io import atomic_path
 from cmedl.io.outputs import check_output_folder, writing
 from cmedl.methods import get_method, load_config
+from cmedl.report import build_report
 from cmedl.training import train
 
 #: the papers' comparison: the CT-only baseline first (p-values are against it), then CMEDL
@@ -58,6 +62,8 @@ COHORTS = ("cue", "control")
 DEMO_MIN_COMPONENT_ML = 1.5
 #: train / val / test patient fractions: 72 patients -> 30 / 12 / 30
 DEMO_FRACTIONS = (0.42, 0.16, 0.42)
+#: simulated raters of the test cases (the report's inter-rater section)
+DEMO_RATERS = 3
 
 
 @dataclass
@@ -70,6 +76,7 @@ class DemoResult:
     figure: Path | None = None
     tables: DemoTables | None = None
     diagnostics: Diagnostics | None = None
+    report: Path | None = None
 
 
 def run_demo(
@@ -154,6 +161,7 @@ def run_demo(
     except Exception as exc:  # the figure is a convenience: never lose the numbers for it
         log(f"      (figure skipped: {exc})")
         figure = None
+    report = _write_report(out, manifest, test_cases, seed, log)
     seconds = time.perf_counter() - t0
     log("")
     log(f"{options.describe()}; {modality.upper()} students")
@@ -161,10 +169,26 @@ def run_demo(
     if diagnostics is not None:
         log("\n" + "\n".join(diagnostics.lines()))
     log(f"\ndemo finished in {seconds / 60:.1f} min; results in {out}")
+    if report is not None:
+        log(f"report: {report}")
     comp = tables.overall
     p = comp.p_values.get(methods[-1], float("nan"))
     summaries = {m: {k: float(v.mean) for k, v in comp.summaries.get(m, {}).items()} for m in comp.methods}
-    return DemoResult(out, comp.to_text(), p, summaries, seconds, figure, tables, diagnostics)
+    return DemoResult(out, comp.to_text(), p, summaries, seconds, figure, tables, diagnostics, report)
+
+
+def _write_report(out: Path, manifest: Manifest, test_cases: list[Case], seed: int,
+                  log: Callable[[str], None]) -> Path | None:
+    """Simulated raters of the test cases (``raters/``, for the inter-rater section), then the HTML report
+    (``report/index.html``); a failure is logged, never fatal (the tables are already written)."""
+    log("      simulated raters and the HTML report")
+    try:
+        write_rater_masks({c.id: manifest.label_path(c) for c in test_cases}, out / "raters",  # type: ignore[misc]
+                          n_raters=DEMO_RATERS, seed=seed)
+        return build_report([out], out / "report", title="cmedl demo report", log=lambda msg: log("      " + msg)).index
+    except CmedlError as exc:
+        log(f"      (report skipped: {exc})")
+        return None
 
 
 def _phantom_cohort(out: Path, modality: str, n: int, n_mr: int, shape: tuple[int, int, int], seed: int,
