@@ -38,6 +38,7 @@ TINY = [
     "training.device=cpu", "training.precision=fp32", "training.progress=false", "augmentation.elastic_prob=0.0",
     "training.image_grid=false", "training.validation=patches", "training.batch_size=4",
     "training.sync_batchnorm=true",
+    "model.dropout=0.0",  # each rank draws its own dropout masks (reseed_rank): no 1-process equivalent
 ]
 #: the equivalence runs: 2 steps at global batch 4 (B/2 = 2 per rank)
 RUNS = {
