@@ -8,6 +8,9 @@ float32, labels in {0, 1}:
   (:class:`cmedl.data.datasets.SliceDataset`).
 - ``unpaired-slices``: a student-modality patch and an MRI patch of *another* patient,
   ``{"ct", "ct_label", "mr", "mr_label", "mr_has_label"}`` (:class:`cmedl.data.datasets.UnpairedDataset`).
+- ``paired-oracle-slices``: ``unpaired-slices`` plus ``"ct_paired_mr"``, the same window of the
+  student case's own MRI on its grid (the phantom's paired-oracle control arm, ``cmedl-oracle``;
+  :mod:`cmedl.data.paired`).
 - ``labelled-patches-3d``: 3D patches ``{"image", "label"}`` ``[B, 1, d, h, w]``
   (:class:`cmedl.data.datasets3d.PatchDataset3D`).
 - ``guided-crops-3d``: the teacher-student paper's teacher crops, centred on one lesion of an
@@ -33,6 +36,7 @@ class BatchKind(str, Enum):
 
     LABELLED_SLICES = "labelled-slices"
     UNPAIRED_SLICES = "unpaired-slices"
+    PAIRED_ORACLE_SLICES = "paired-oracle-slices"
     LABELLED_PATCHES_3D = "labelled-patches-3d"
     GUIDED_CROPS_3D = "guided-crops-3d"
     STRONG_PATCHES_3D = "strong-patches-3d"
@@ -41,7 +45,7 @@ class BatchKind(str, Enum):
     @property
     def dims(self) -> int:
         """Spatial dimensions of the images (2 or 3): the networks trained on them must match."""
-        return 2 if self in (BatchKind.LABELLED_SLICES, BatchKind.UNPAIRED_SLICES) else 3
+        return 2 if self in (BatchKind.LABELLED_SLICES, BatchKind.UNPAIRED_SLICES, BatchKind.PAIRED_ORACLE_SLICES) else 3
 
     @property
     def expert_labels_only(self) -> bool:
@@ -51,7 +55,7 @@ class BatchKind(str, Enum):
     @property
     def needs_mr(self) -> bool:
         """Whether the batches hold MRI of other patients (the teacher's modality)."""
-        return self is BatchKind.UNPAIRED_SLICES
+        return self in (BatchKind.UNPAIRED_SLICES, BatchKind.PAIRED_ORACLE_SLICES)
 
     def __str__(self) -> str:
         return self.value

@@ -157,13 +157,19 @@ class CMEDL(Method):
             translation = self.translator.forward(ct, mr)
             g_terms = dict(translation.terms)
             s_logits, s_feats = student(ct, return_features=True)
-            t_logits_p, t_feats_p = teacher(translation.pseudo_mr, return_features=True)
+            t_logits_p, t_feats_p = teacher(self.teacher_input(batch, translation), return_features=True)
+            # the G step gets the hint and L_seg^pM gradients only when the teacher reads the generator's pMRI
+            via_g = self.teacher_reads_pmri
             s_terms["seg_ct"] = self.seg_loss(s_logits, ct_label)
             if own.use_seg_pmri:
-                g_terms["seg_pmri"] = s_terms["seg_pmri"] = self.seg_loss(t_logits_p, ct_label)
+                s_terms["seg_pmri"] = self.seg_loss(t_logits_p, ct_label)
+                if via_g:
+                    g_terms["seg_pmri"] = s_terms["seg_pmri"]
             if own.use_hint:
                 s_f, t_f = [f.float() for f in s_feats], [f.float() for f in t_feats_p]
-                g_terms["hint"] = hint = hint_loss(s_f, t_f)
+                hint = hint_loss(s_f, t_f)
+                if via_g:
+                    g_terms["hint"] = hint
                 s_terms["hint"] = hint if own.hint_to_teacher else hint_loss(s_f, t_f, detach_teacher=True)
             if own.use_seg_real_mri and any_labelled_mr:
                 with batch_statistics_only(teacher):  # running statistics: pMRI only (see the module docstring)
@@ -177,6 +183,14 @@ class CMEDL(Method):
             "loss_g": sum((g_w[k] * v for k, v in g_terms.items()), zero),
             "loss_s": sum((s_w[k] * v for k, v in s_terms.items()), zero),
         }
+
+    #: whether the teacher's input is the generator's pMRI (so the G step gets the hint and L_seg^pM terms)
+    teacher_reads_pmri: ClassVar[bool] = True
+
+    def teacher_input(self, batch: dict[str, Any], translation: Any) -> torch.Tensor:
+        """What the teacher segments beside the student's CT: the pMRI G(CT) (``cmedl-oracle``: the
+        patient's own MRI)."""
+        return translation.pseudo_mr
 
     def segmentation_step(self, fwd: dict[str, Any]) -> None:
         """S step: gradients of ``loss_s`` into teacher + student only (the pMRI acts as a constant)."""

@@ -24,6 +24,7 @@ from cmedl.config.train import resolve_arch_widths
 from cmedl.errors import ConfigError, did_you_mean
 from cmedl.methods.base import Method
 from cmedl.methods.cmedl import CMEDL
+from cmedl.methods.cmedl_oracle import CMEDLOracle
 from cmedl.methods.ct_only import CTOnly
 from cmedl.methods.ct_only_3d import CTOnly3D
 from cmedl.methods.ct_pmri import CTPMRI, CTPMRIWeighted
@@ -37,8 +38,10 @@ from cmedl.nets import SEGMENTATION_NETS
 log = logging.getLogger(__name__)
 
 #: the methods that ship with cmedl, in the order ``cmedl methods`` lists them
-BUILTIN_METHODS: tuple[type[Method], ...] = (CTOnly, CMEDL, CTOnly3D, PMRICycle, PMRIUnit, CTPMRI, CTPMRIWeighted,
-                                              PMRICMEDL, BoxTeacher, PointTeacher, TSBaseline, TSStudent, TSStudentDO)
+BUILTIN_METHODS: tuple[type[Method], ...] = (
+    CTOnly, CMEDL, CTOnly3D, PMRICycle, PMRIUnit, CTPMRI, CTPMRIWeighted, PMRICMEDL, CMEDLOracle,
+    BoxTeacher, PointTeacher, TSBaseline, TSStudent, TSStudentDO,
+)
 
 _METHODS: dict[str, type[Method]] = {cls.name: cls for cls in BUILTIN_METHODS}
 

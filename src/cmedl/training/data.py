@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,10 @@ class TrainingData:
 
 
 def _slices(config: TrainConfig, selection: CaseSelection, pp: PreprocessConfig, augment: AugmentConfig | None,
-            progress: bool) -> tuple[SliceDataset, SliceDataset, VolumeCache]:
+            progress: bool, paired: PreprocessConfig | None = None) -> tuple[SliceDataset, SliceDataset, VolumeCache]:
     d, seed, patch = config.data, config.training.seed, (config.data.patch_size, config.data.patch_size)
-    train = SliceDataset(VolumeCache.load(selection.manifest, selection.train, pp, workers=2, progress=progress),
-                         patch, d.tumour_fraction, d.samples_per_epoch, augment or False, seed)
+    train_cache = VolumeCache.load(selection.manifest, selection.train, pp, workers=2, progress=progress, paired=paired)
+    train = SliceDataset(train_cache, patch, d.tumour_fraction, d.samples_per_epoch, augment or False, seed)
     val_cache = VolumeCache.load(selection.manifest, selection.val, pp, workers=2, progress=progress)
     val = SliceDataset(val_cache, patch, 0.5, d.val_samples, False, seed + VAL_SEED_OFFSET)
     return train, val, val_cache
@@ -58,10 +59,14 @@ def _labelled_slices(config: TrainConfig, selection: CaseSelection, progress: bo
     return TrainingData(train, val, val_cache, student_pp, None)
 
 
-def _unpaired_slices(config: TrainConfig, selection: CaseSelection, progress: bool) -> TrainingData:
+def _unpaired_slices(config: TrainConfig, selection: CaseSelection, progress: bool,
+                     paired_oracle: bool = False) -> TrainingData:
+    """CT (or CBCT) patches with MRI patches of other patients; ``paired_oracle``: each CT patch also
+    carries the same window of its patient's own MRI (``ct_paired_mr``; validation stays CT only)."""
     student_pp, mr_pp = config.preprocess_configs()
     augment = config.augmentation.augment_config()
-    train_ct, val, val_cache = _slices(config, selection, student_pp, augment, progress)
+    train_ct, val, val_cache = _slices(config, selection, student_pp, augment, progress,
+                                       paired=mr_pp if paired_oracle else None)
     assert selection.mr_manifest is not None
     mr_cache = VolumeCache.load(selection.mr_manifest, selection.mr_train, mr_pp, workers=2, progress=progress)
     patch = (config.data.patch_size, config.data.patch_size)
@@ -115,6 +120,7 @@ def _box_patches_3d(config: TrainConfig, selection: CaseSelection, progress: boo
 BUILDERS: dict[BatchKind, Callable[[TrainConfig, CaseSelection, bool], TrainingData]] = {
     BatchKind.LABELLED_SLICES: _labelled_slices,
     BatchKind.UNPAIRED_SLICES: _unpaired_slices,
+    BatchKind.PAIRED_ORACLE_SLICES: partial(_unpaired_slices, paired_oracle=True),
     BatchKind.LABELLED_PATCHES_3D: _labelled_patches_3d,
     BatchKind.GUIDED_CROPS_3D: _guided_crops_3d,
     BatchKind.STRONG_PATCHES_3D: _box_patches_3d,
