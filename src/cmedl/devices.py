@@ -37,6 +37,10 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
         dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{dev}' requested but CUDA is not available here; use cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ConfigError(f"device '{dev}' requested but this machine sees {n} CUDA device{'s' if n != 1 else ''} "
+                          f"(cuda:0 to cuda:{n - 1}; CUDA_VISIBLE_DEVICES limits them)")
     return dev
 
 
