@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from cmedl.errors import InputError, did_you_mean
+from cmedl.errors import InputError
+from cmedl.io.choices import parse_choices
 from cmedl.io.dicom_export import EXPORT_FORMATS, parse_colour
 
 OUTPUT_FORMATS = ("nifti", *EXPORT_FORMATS)
@@ -32,14 +33,7 @@ def check_output_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     Raises:
         InputError: an unknown name (did-you-mean), or none given.
     """
-    items = [formats] if isinstance(formats, str) else list(formats)
-    names = [n.strip().lower() for item in items for n in str(item).split(",") if n.strip()]
-    for n in names:
-        if n not in OUTPUT_FORMATS:
-            raise InputError(did_you_mean(n, OUTPUT_FORMATS, "output format"))
-    if not names:
-        raise InputError(f"no output format given (choices: {', '.join(OUTPUT_FORMATS)})")
-    return tuple(f for f in OUTPUT_FORMATS if f in names)
+    return parse_choices(formats, OUTPUT_FORMATS, "output format")
 
 
 def dicom_formats(formats: Sequence[str]) -> tuple[str, ...]:

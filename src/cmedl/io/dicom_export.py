@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from cmedl.errors import InputError, did_you_mean
+from cmedl.errors import InputError
 from cmedl.io.atomic import atomic_path
+from cmedl.io.choices import parse_choices
 from cmedl.io.dicom_read import read_dicom_series
 from cmedl.io.dicom_scan import is_image_header, scan_folder
 from cmedl.io.image import IMAGE_SUFFIXES, Volume, check_same_geometry
@@ -68,15 +69,7 @@ def check_export_formats(formats: Sequence[str]) -> tuple[str, ...]:
     Raises:
         InputError: one line: an unknown name (did-you-mean), or no format at all.
     """
-    if isinstance(formats, str):
-        formats = [formats]
-    names = [n.strip().lower() for item in formats for n in str(item).split(",") if n.strip()]
-    for n in names:
-        if n not in EXPORT_FORMATS:
-            raise InputError(did_you_mean(n, EXPORT_FORMATS, "export format"))
-    if not names:
-        raise InputError(f"no export format given (choices: {', '.join(EXPORT_FORMATS)})")
-    return tuple(f for f in EXPORT_FORMATS if f in names)
+    return parse_choices(formats, EXPORT_FORMATS, "export format")
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:

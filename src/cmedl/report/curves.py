@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from cmedl.report.html import Section, Writer
+from cmedl.report.html import Section, Writer, pyplot
 from cmedl.report.results import safe_name
 from cmedl.report.sources import Source
 from cmedl.report.tables import COLOURS
@@ -32,11 +32,7 @@ def read_log(path: Path) -> dict[str, list[float]]:
 
 
 def curves_section(sources: Sequence[Source], writer: Writer) -> Section:
-    import matplotlib  # lazy: matplotlib (~0.5 s) only when a report is made
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: as above
-
+    plt = pyplot()
     sec = Section("training", "Training and validation curves")
     logs: dict[str, dict[str, list[float]]] = {}
     for s in sources:

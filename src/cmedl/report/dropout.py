@@ -28,7 +28,7 @@ from cmedl.methods.checkpoints import preprocess_of
 from cmedl.methods.recipe import TestTimeModel
 from cmedl.nets.predict import inference_copy, predict_slices
 from cmedl.report.examples import display_window, tumour_slice
-from cmedl.report.html import Section, Writer
+from cmedl.report.html import Section, Writer, pyplot
 from cmedl.report.results import References, safe_name
 from cmedl.report.sources import Source
 from cmedl.training import load_checkpoint
@@ -69,11 +69,7 @@ def mc_passes(net: nn.Module, image_path: Path, label: Volume, pre: PreprocessCo
 
 def dropout_section(sources: Sequence[Source], refs: References, writer: Writer,
                     models: dict[str, TestTimeModel]) -> Section:
-    import matplotlib  # lazy: matplotlib (~0.5 s) only when a report is made
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: as above
-
+    plt = pyplot()
     sec = Section("dropout", "Test-time dropout")
     if not refs.cases:
         sec.missing.append("no labelled test cases in the data manifest")

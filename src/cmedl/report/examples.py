@@ -14,7 +14,7 @@ from cmedl.evaluation.pairing import list_masks
 from cmedl.inference.translate import translate_volume
 from cmedl.io import read_volume
 from cmedl.methods import build_generator_from_checkpoint, get_method
-from cmedl.report.html import Section, Writer
+from cmedl.report.html import Section, Writer, pyplot
 from cmedl.report.results import MethodResults, References, safe_name
 from cmedl.report.sources import Source
 from cmedl.report.tables import COLOURS
@@ -50,11 +50,7 @@ def _ranked(rows: list[dict[str, object]]) -> list[tuple[str, str]]:
 
 def examples_section(sources: Sequence[Source], results: dict[str, MethodResults], refs: References,
                      writer: Writer) -> Section:
-    import matplotlib  # lazy: matplotlib (~0.5 s) only when a report is made
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: as above
-
+    plt = pyplot()
     sec = Section("examples", "Example segmentations")
     if not refs.cases:
         sec.missing.append("no labelled test cases in the data manifest: no images to draw")
@@ -107,11 +103,7 @@ def examples_section(sources: Sequence[Source], results: dict[str, MethodResults
 
 
 def pmri_section(sources: Sequence[Source], refs: References, writer: Writer) -> Section:
-    import matplotlib  # lazy: matplotlib (~0.5 s) only when a report is made
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: as above
-
+    plt = pyplot()
     sec = Section("pmri", "Pseudo-MRI")
     translating = []
     for s in sources:

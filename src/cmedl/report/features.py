@@ -32,7 +32,7 @@ from cmedl.io import read_volume
 from cmedl.methods import build_test_time_model
 from cmedl.methods.checkpoints import preprocess_of
 from cmedl.methods.recipe import TestTimeModel
-from cmedl.report.html import Section, Writer
+from cmedl.report.html import Section, Writer, pyplot
 from cmedl.report.results import References, safe_name
 from cmedl.report.sources import Source
 from cmedl.training import load_checkpoint
@@ -143,11 +143,7 @@ def features_sections(sources: Sequence[Source], refs: References, writer: Write
                       models: dict[str, TestTimeModel]) -> tuple[Section, Section, dict[str, tuple[float, float]]]:
     """The t-SNE and feature-map sections; returns also the silhouette scores per source
     ``(features, embedding)``."""
-    import matplotlib  # lazy: matplotlib (~0.5 s) only when a report is made
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: as above
-
+    plt = pyplot()
     tsne, fmaps = Section("tsne", "t-SNE of tumour and background features"), Section("featuremaps", "Feature maps")
     scores: dict[str, tuple[float, float]] = {}
     usable = [s for s in sources if s.name in models]
@@ -207,8 +203,7 @@ def features_sections(sources: Sequence[Source], refs: References, writer: Write
 
 def _feature_maps(usable: Sequence[Source], models: dict[str, TestTimeModel], smp: SliceSample, writer: Writer,
                   sec: Section) -> None:
-    import matplotlib.pyplot as plt  # lazy: matplotlib only when a report is made
-
+    plt = pyplot()
     k = int(np.argmax(smp.label.sum(axis=(1, 2))))
     for s in usable:
         maps = last_layer_features(models[s.name], smp.image[k:k + 1])[0]

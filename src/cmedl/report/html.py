@@ -17,9 +17,21 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from cmedl.io import atomic_path
 from cmedl.io.outputs import writing
+
+
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), imported on first use: each
+    section that draws starts with ``plt = pyplot()``."""
+    import matplotlib  # lazy: matplotlib (~0.5 s) only when a report is made
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: as above
+
+    return plt
 
 
 @dataclass

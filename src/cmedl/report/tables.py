@@ -18,7 +18,7 @@ import numpy as np
 from cmedl.errors import CmedlError
 from cmedl.evaluation.compare import METRIC_LABELS, compare_results
 from cmedl.evaluation.stats import summarize
-from cmedl.report.html import Section, Writer
+from cmedl.report.html import Section, Writer, pyplot
 from cmedl.report.results import MethodResults, safe_name
 from cmedl.report.sources import Source
 
@@ -52,11 +52,7 @@ def _summary_block(name: str, res: MethodResults, writer: Writer, group: str) ->
 
 def case_plot(names: list[str], res: list[MethodResults], writer: Writer, group: str) -> str:
     """Box plots with every case as a dot, one panel per metric (HD95 of a missed tumour counted apart)."""
-    import matplotlib  # lazy: matplotlib (~0.5 s) only when a report is made
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: as above
-
+    plt = pyplot()
     metrics = [m for m in TABLE_METRICS if all(m in r.rows[0] for r in res)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics) + 0.6, 3.4), squeeze=False)
     rng = np.random.default_rng(0)
