@@ -91,7 +91,7 @@ def segment_cmd(
             help="Slices per forward pass (default: ~512x512 px on CPU, 8 on CUDA).",
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "cpu",
     bf16: Annotated[
         bool, typer.Option("--bf16", help="bf16 autocast (faster on recent CPUs and GPUs).")
     ] = False,
@@ -184,7 +184,7 @@ def translate_cmd(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Slices per forward pass.")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "cpu",
     bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast.")] = False,
     allow_modality_mismatch: Annotated[
         bool,

@@ -19,7 +19,7 @@ def pseudo_label_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: labels/<case>.nii.gz + manifest.json.")],
     splits: Annotated[str, typer.Option("--splits", help="Splits whose box-only cases are labelled.")] = "train,val",
     threshold: Annotated[float, typer.Option("--threshold", help="Probability threshold (p >= threshold).")] = 0.5,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "cpu",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output of an earlier run.")] = False,
 ) -> None:
     """Pseudo-label box-only cases with a teacher (masks kept inside the boxes); the new manifest records
