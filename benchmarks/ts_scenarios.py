@@ -18,6 +18,9 @@ against the phantom's hidden masks of the box-only cases); ``ts-baseline`` (stro
     python benchmarks/ts_scenarios.py --out /tmp/ts --vast 200,300 --scarce 20,400 --test 60 \\
         --teacher-config paper-ts-teacher --student-config paper-ts --shape 96,256,256 --steps 8000 --device cuda
 
+Every method uses the paper's preprocessing (``<method>.pipeline: paper``: clip + z-score, resampled to
+``<method>.preprocess.spacing``, teacher crops around the tumour, student lung crops; the cpu-ts presets at
+2.7 x 2.7 x 3 mm); ``--set <method>.pipeline=legacy`` (per method) runs the working grid instead.
 Runs already finished in ``--out`` (``best.pt`` present) are reused. The paper's direction: box > point
 teacher (more so when scarce) and students > baseline in the scarce scenario.
 """
@@ -100,7 +103,7 @@ def score_teacher(model: Path, manifest_path: Path, split: str, guided: str, hid
     from cmedl.io.volume import read_volume
     from cmedl.training.checkpoint import load_checkpoint
 
-    cls, net, pp, crop = teacher_of(load_checkpoint(model), model)
+    cls, net, pp, crop, ts = teacher_of(load_checkpoint(model), model)
     m = Manifest.load(manifest_path)
     scores = []
     for case in m.cases:
@@ -111,7 +114,8 @@ def score_teacher(model: Path, manifest_path: Path, split: str, guided: str, hid
         ref = read_volume(label_path).array != 0
         boxes = (box_mask(read_boxes(m.boxes_path(case), image), image.shape) if hidden and m.boxes_path(case)
                  else derived_box_mask(ref) != 0)
-        pred = pseudo_label_volume(image, boxes, net, pp, cls.guidance, crop, inside_boxes=cls.guidance == "box")
+        pred = pseudo_label_volume(image, boxes, net, pp, cls.guidance, crop, inside_boxes=cls.guidance == "box",
+                                   ts=ts)
         scores.append(dice(pred != 0, ref))
     return scores
 

@@ -16,7 +16,6 @@ from cmedl.errors import ConfigError
 from cmedl.io import read_volume
 from cmedl.methods import CTOnly3D, build_method, build_student_from_checkpoint
 from cmedl.nets import (
-    SEGMENTATION_NETS,
     SEGMENTATION_NETS_2D,
     build_segmentation_net,
     check_hint_compatible,

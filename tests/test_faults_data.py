@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from cmedl.cli import app
 from cmedl.config import apply_overrides, read_yaml
 from cmedl.data.datasets import VolumeCache, load_case
-from cmedl.data.importer import import_dicom_case
 from cmedl.data.manifest import Case, Manifest
 from cmedl.data.phantom import cohort, generate_case, generate_cohort, staging
 from cmedl.data.preprocess import PreprocessConfig

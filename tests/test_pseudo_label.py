@@ -15,13 +15,14 @@ from cmedl.data.boxes import box_mask, read_boxes
 from cmedl.data.manifest import Manifest
 from cmedl.data.phantom.cohort import generate_cohort
 from cmedl.data.phantom.options import PhantomOptions
+from cmedl.data.ts_preprocess import TSPreprocessConfig
 from cmedl.errors import InputError
 from cmedl.inference.postprocess import keep_components_touching, near_region
-from cmedl.inference.pseudo_label import pseudo_label_files, teacher_probabilities
+from cmedl.inference.pseudo_label import pseudo_label_files, pseudo_label_volume, teacher_of, teacher_probabilities
 from cmedl.inference.segment import segment_files
 from cmedl.io.volume import read_volume
 from cmedl.methods import build_method, load_config
-from cmedl.training.checkpoint import save_checkpoint
+from cmedl.training.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,11 +34,12 @@ def cohort(tmp_path_factory) -> Path:
                            fractions=(0.5, 0.25, 0.25), options=PhantomOptions(box_only_share=0.5))
 
 
-def checkpoint(tmp: Path, method: str, bias: float) -> Path:
+def checkpoint(tmp: Path, method: str, bias: float, *extra: str) -> Path:
     """A checkpoint of ``method`` (width 4) whose segmentation head predicts ``sigmoid(bias)`` everywhere-ish."""
     preset = "cpu-ts-teacher" if method.endswith("teacher") else "cpu-ts"
     patch = "[16,24,24]" if method.endswith("teacher") else "[16,32,32]"
-    config = load_config(preset, [f"training.method={method}", "model.seg_base_width=4", f"data.patch_size_3d={patch}"])
+    config = load_config(preset, [f"training.method={method}", "model.seg_base_width=4", f"data.patch_size_3d={patch}",
+                                  *extra])
     torch.manual_seed(0)
     m = build_method(config)
     with torch.no_grad():
@@ -45,13 +47,21 @@ def checkpoint(tmp: Path, method: str, bias: float) -> Path:
         m.student.decoder.head.weight.zero_()
     pp, _ = config.preprocess_configs()
     path = tmp / f"{method}.pt"
+    # as the trainer stores it: the student preprocessing and (paper pipeline) the teacher-student one
     save_checkpoint(path, {"method": method, "config": config.to_dict(),
-                           "preprocess": {"student": pp.to_dict(), "mr": None}, **m.state_dict()})
+                           "preprocess": {"student": pp.to_dict(), "mr": None, **m.checkpoint_preprocess()},
+                           **m.state_dict()})
     return path
 
 
-def test_pseudo_labels_stay_inside_boxes_and_sources_are_recorded(cohort, tmp_path):
-    model = checkpoint(tmp_path, "box-teacher", 8.0)  # predicts tumour everywhere it looks
+@pytest.mark.parametrize("pipeline", ["paper", "legacy"])
+def test_pseudo_labels_stay_inside_boxes_and_sources_are_recorded(cohort, tmp_path, pipeline):
+    model = checkpoint(tmp_path, "box-teacher", 8.0, f"box-teacher.pipeline={pipeline}")  # "tumour" wherever it looks
+    stored = load_checkpoint(model)["preprocess"]
+    assert (stored.get("ts") is not None) == (pipeline == "paper")
+    if pipeline == "paper":  # the paper's settings: cpu-ts-teacher's spacing, the crop = data.patch_size_3d
+        assert stored["ts"]["spacing"] == [2.7, 2.7, 3.0] and stored["ts"]["teacher_crop"] == [16, 24, 24]
+        assert teacher_of(load_checkpoint(model)).ts.teacher_crop == (16, 24, 24)
     out = tmp_path / "pseudo"
     written = pseudo_label_files(model, cohort, out, progress=False)
     src, new = Manifest.load(cohort), Manifest.load(written)
@@ -137,3 +147,26 @@ def test_lung_filter_keeps_components_reaching_the_lungs():
     assert not near_region(lungs, (1.0, 1.0, 1.0), 1.5)[2, 3, 2]
     kept = keep_components_touching(mask, near)
     assert kept[2, 2:4, 2:4].all() and not kept[2, 15:18, 15:18].any()
+
+
+def test_paper_pseudo_labels_follow_the_teacher_and_stay_in_boxes(cohort):
+    """A "teacher" that thresholds the CT (z-scored input > 0.5 SD, i.e. soft tissue) through the paper
+    pipeline: inside the boxes it marks the tumour's soft tissue, outside them nothing, on the input grid."""
+    m = Manifest.load(cohort)
+    case = next(c for c in m.cases if c.label is None and c.boxes is not None)
+    image = read_volume(m.image_path(case))
+    boxes = read_boxes(m.boxes_path(case), image)
+    net = torch.nn.Conv3d(2, 1, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([20.0, 0.0]).view(1, 2, 1, 1, 1))
+        net.bias.fill_(-10.0)
+    cfg = TSPreprocessConfig(spacing=(2.7, 2.7, 3.0), teacher_crop=(16, 24, 24))
+    mask = pseudo_label_volume(image, boxes, net, None, "box", cfg.teacher_crop, ts=cfg) != 0
+    inside = box_mask(boxes, image.shape)
+    assert mask.shape == image.shape and mask.any() and not (mask & ~inside).any()
+    # the hidden phantom mask (soft tissue in the boxes): mostly found
+    hidden = read_volume(m.root / "labels" / f"{case.id}.nii.gz").array != 0
+    assert (mask & hidden).sum() > 0.5 * hidden.sum()
+    # the same from the box mask array instead of the box file
+    again = pseudo_label_volume(image, inside, net, None, "box", cfg.teacher_crop, ts=cfg) != 0
+    assert (again ^ mask).sum() <= 0.05 * mask.sum()

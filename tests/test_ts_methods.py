@@ -165,3 +165,36 @@ def test_gradient_accumulation_steps_every_n(cohort):
     m.training_step(batch)
     assert not all(torch.equal(a, b) for a, b in zip(before, m.student.parameters()))
     assert m.state_dict()["method_state"]["micro_steps"] == 3
+
+
+# ------------------------------------------------------------------------------ the paper's preprocessing
+def test_teacher_trains_on_the_resampled_zscored_grid(cohort):
+    data = build_training_data(tiny_config("box-teacher"), BatchKind.GUIDED_CROPS_3D, cohort)
+    case = data.train.cache.cases[0]
+    prepared = case.cached.prepared
+    # 24 x 48 x 48 voxels of 7.2 x 7.2 x 6 mm resampled to cpu-ts's 2.7 x 2.7 x 3 mm: 48 x 128 x 128
+    assert case.cached.image.shape == (48, 128, 128) and prepared.input_spacing == (2.7, 2.7, 3.0)
+    assert abs(float(case.cached.image.mean())) < 0.05 and abs(float(case.cached.image.std()) - 1) < 0.1  # z-score
+    assert prepared.pad_value == pytest.approx(float(case.cached.image.min()), abs=0.05)  # clipped -1024 HU
+    assert case.box.shape == case.cached.label.shape == (48, 128, 128)
+    legacy = build_training_data(tiny_config("box-teacher", "box-teacher.pipeline=legacy"), BatchKind.GUIDED_CROPS_3D,
+                                 cohort)
+    image = legacy.train.cache.cases[0].cached.image
+    assert image.shape[0] == 24 and image.min() >= -1.0 and image.max() <= 1.0  # the working grid: slices kept
+
+
+def test_students_train_on_lung_crops_and_validate_on_their_union(cohort):
+    data = build_training_data(tiny_config("ts-baseline"), BatchKind.STRONG_PATCHES_3D, cohort)
+    units = data.train.ts_cache.cases
+    assert [u.case_id for u in units] == ["ct_P001:lung1", "ct_P001:lung2", "ct_P002:lung1", "ct_P002:lung2"]
+    for unit in units:
+        assert unit.cached.image.shape[0] <= 48 and unit.cached.image.shape[1] < 128  # a crop of the resampled grid
+        assert unit.box.shape == unit.cached.label.shape == unit.cached.image.shape
+        assert bool((unit.box >= unit.cached.label).all())
+    # the patches come from the crops: their tumour voxels are those of the crops
+    assert sum(int(u.cached.label.sum()) for u in units) > 0
+    val = data.val_cache.cases  # whole cases: the bounding box of their lung crops
+    assert [c.case_id for c in val] == [c.id for c in cohort.cases if c.split == "val" and c.label is not None]
+    for c in val:
+        assert c.prepared.input_spacing == (2.7, 2.7, 3.0) and c.label.shape == c.image.shape
+        assert all(n <= m for n, m in zip(c.image.shape, (48, 128, 128))) and c.image.size < 48 * 128 * 128

@@ -8,10 +8,13 @@ import pytest
 from cmedl.data.boxes import AxialBox, BoxGeometry, BoxSet, box_mask, boxes_from_mask
 from cmedl.data.ts_preprocess import (
     TSPreprocessConfig,
+    crop_volume,
     normalise,
     restore_to_input,
+    student_crops,
     teacher_crop,
     ts_prepare,
+    union_box,
 )
 from cmedl.errors import ConfigError, GeometryError
 from cmedl.io import Volume
@@ -86,3 +89,74 @@ def test_teacher_crop_is_centred_on_the_tumour_and_padded():
     assert padded.shape == (32, 32, 32) and np.isclose(padded.min(), prep.background)
     with pytest.raises(GeometryError, match="no tumour"):
         teacher_crop(ts_prepare(ct), cfg)
+
+
+# ------------------------------------------------------------------------------ the way back (issue 16 wiring)
+OBLIQUE_FREE_FLIP = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # RAS-stored axes: x and y reversed
+
+
+def _thorax(spacing=(0.8, 0.7, 2.5), origin=(-120.5, 33.0, -210.0), direction=OBLIQUE_FREE_FLIP):
+    """A small CT with two lungs (labels 1, 2), a tumour inside lung 1, on a grid with non-trivial spacing,
+    origin and direction."""
+    z, y, x = np.mgrid[0:16, 0:80, 0:96]
+    arr = np.full((16, 80, 96), -1000, np.int16)
+    body = ((y - 40) / 36) ** 2 + ((x - 48) / 44) ** 2 < 1
+    arr[body] = 40
+    lung1 = ((y - 40) / 24) ** 2 + ((x - 28) / 15) ** 2 + ((z - 8) / 7.5) ** 2 < 1
+    lung2 = ((y - 40) / 24) ** 2 + ((x - 68) / 15) ** 2 + ((z - 8) / 7.5) ** 2 < 1
+    arr[lung1 | lung2] = -850
+    tumour = ((y - 36) / 8) ** 2 + ((x - 27) / 9) ** 2 + ((z - 8) / 3) ** 2 < 1
+    arr[tumour] = 30
+    lungs = lung1.astype(np.uint8) + 2 * lung2.astype(np.uint8)
+    return Volume(arr, spacing=spacing, origin=origin, direction=direction), tumour.astype(np.uint8), lungs
+
+
+def test_config_dict_round_trip_and_unknown_keys():
+    cfg = TSPreprocessConfig(spacing=(2.0, 2.0, 3.0), teacher_crop=(24, 48, 48), lung_margin_mm=7.5)
+    d = cfg.to_dict()
+    assert d["spacing"] == [2.0, 2.0, 3.0] and d["teacher_crop"] == [24, 48, 48]  # plain lists: weights_only safe
+    assert TSPreprocessConfig.from_dict(d) == cfg
+    with pytest.raises(ConfigError, match="did you mean 'spacing'"):
+        TSPreprocessConfig.from_dict({**d, "spacings": [1, 1, 1]})
+
+
+def test_crop_volume_keeps_physical_positions():
+    ct, _, _ = _thorax()
+    box = (slice(3, 9), slice(10, 50), slice(20, 70))
+    sub = crop_volume(ct, box)
+    assert sub.shape == (6, 40, 50) and sub.spacing == ct.spacing and sub.direction == ct.direction
+    # voxel (0, 0, 0) of the crop is voxel (3, 10, 20) of the image, in mm (direction reverses x and y)
+    assert np.allclose(sub.index_to_physical(np.zeros(3)), ct.index_to_physical(np.array([20, 10, 3])))
+    assert np.allclose(sub.origin, (-120.5 - 20 * 0.8, 33.0 - 10 * 0.7, -210.0 + 3 * 2.5))
+    assert np.array_equal(sub.array, ct.array[box])
+
+
+def test_mask_round_trips_through_resampling_lung_crops_and_back():
+    """Known answer: the tumour mask, resampled to 1 x 1 x 1.5 mm, cut into the students' lung crops, pasted
+    back and restored, is the input mask on the input grid (DSC > 0.95), and lies where it was in mm."""
+    ct, tumour, lungs = _thorax()
+    cfg = TSPreprocessConfig()
+    prep = ts_prepare(ct, cfg, label=tumour, lungs=lungs)
+    assert prep.image.spacing == (1.0, 1.0, 1.5) and prep.image.direction == ct.direction
+    assert prep.image.origin == ct.origin
+    crops = student_crops(prep, cfg)
+    assert [c.lung for c in crops] == [1, 2]
+    merged_lab = np.zeros(prep.image.shape, np.uint8)
+    merged_prob = np.zeros(prep.image.shape, np.float32)
+    for crop in crops:  # what the students see, and how their outputs are merged (max) into the volume
+        merged_lab[crop.box] |= prep.label.array[crop.box]
+        np.maximum(merged_prob[crop.box], prep.label.array[crop.box].astype(np.float32), out=merged_prob[crop.box])
+    for back in (restore_to_input(merged_lab, prep, ct, is_label=True).array,
+                 restore_to_input(merged_prob, prep, ct).array >= 0.5):
+        assert back.shape == ct.shape
+        dsc = 2 * np.logical_and(back, tumour).sum() / (back.astype(bool).sum() + tumour.sum())
+        assert dsc > 0.95, dsc
+        got = ct.index_to_physical(np.argwhere(back)[:, ::-1].mean(0))
+        want = ct.index_to_physical(np.argwhere(tumour)[:, ::-1].mean(0))
+        assert np.allclose(got, want, atol=1.0)  # mm
+    restored = restore_to_input(merged_lab, prep, ct, is_label=True)
+    assert restored.same_geometry(ct) and restored.direction == ct.direction and restored.origin == ct.origin
+    # the union of the crops (the students' view) holds the whole tumour
+    assert merged_lab.sum() == prep.label.array.sum()
+    box = union_box(crops, prep.image.shape)
+    assert all(b.start >= 0 and b.stop <= n for b, n in zip(box, prep.image.shape))

@@ -1,10 +1,10 @@
 """Datasets of the teacher-student paper's methods (box-guided teachers, 3D students).
 
-- :class:`TSCache` reads and prepares the cases once (as :class:`cmedl.data.datasets.VolumeCache`
-  does, same preprocessing) and keeps, besides image and label, the case's **axial box mask** on
-  the working grid: from its box file (``boxes`` in the manifest, :mod:`cmedl.data.boxes`) when it has
-  one, else derived from its label (one box per lesion and slice, :func:`derived_box_mask`). It
-  remembers whether the label is a teacher's pseudo label.
+- :class:`~cmedl.data.ts_cases.TSCache` (re-exported here) reads and prepares the cases once, with
+  the paper's preprocessing (clip + z-score, 1 x 1 x 1.5 mm; students: one unit per lung crop) or the
+  legacy working grid, and keeps besides image and label the case's **axial box mask** on that grid
+  (its box file, else derived from its label) and whether the label is a teacher's pseudo label
+  (see :mod:`cmedl.data.ts_cases`).
 - :class:`GuidedCropDataset` (``BatchKind.GUIDED_CROPS_3D``): crops of ``crop_size`` voxels centred on
   one lesion (a 26-connected component of the label; lesions drawn uniformly), the centre moved by a
   random jitter of up to ``jitter`` of the crop per axis, random flips. Items::
@@ -13,8 +13,9 @@
        "case_id": str, "start": int64 [3]}
 
 - :class:`BoxPatchDataset3D` (``strong-patches-3d`` / ``mixed-patches-3d``): the 3D patches of
-  :class:`cmedl.data.datasets3d.PatchDataset3D` (a share centred on tumour voxels) with the box mask
-  as a second target (the dual-output student's) and ``"pseudo"`` (bool: a teacher-made label).
+  :class:`cmedl.data.datasets3d.PatchDataset3D` (a share centred on tumour voxels) drawn from the
+  cache's units (paper pipeline: the lung crops), with the box mask as a second target (the
+  dual-output student's) and ``"pseudo"`` (bool: a teacher-made label).
 
 Determinism as in the other datasets: item ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
 """
@@ -22,39 +23,16 @@ Determinism as in the other datasets: item ``i`` of epoch ``e`` uses ``default_r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch.utils.data import Dataset
 
-from cmedl.data.boxes import box_mask, boxes_from_mask, read_boxes
-from cmedl.data.datasets import CachedCase, VolumeCache, check_binary_label
 from cmedl.data.datasets3d import PatchDataset3D
-from cmedl.data.manifest import Case, Manifest
-from cmedl.data.preprocess import PreprocessConfig, extract_window, prepare_label, prepare_volume
-from cmedl.data.selection import is_pseudo
+from cmedl.data.preprocess import extract_window
+from cmedl.data.ts_cases import TSCache, TSCase, derived_box_mask, lesion_regions, load_ts_case
 from cmedl.errors import InputError
-from cmedl.io.volume import Volume, check_same_geometry, read_volume
-
-
-def derived_box_mask(label: np.ndarray) -> np.ndarray:
-    """``uint8`` union of the axial boxes of a mask ``[z, y, x]``: per 26-connected lesion and slice, the
-    bounding box of the lesion on that slice (:func:`cmedl.data.boxes.boxes_from_mask`)."""
-    arr = np.asarray(label) != 0
-    if not arr.any():
-        return np.zeros(arr.shape, np.uint8)
-    boxes = boxes_from_mask(arr, Volume(arr.astype(np.uint8)))
-    return box_mask(boxes, arr.shape).astype(np.uint8)
-
-
-def lesion_regions(mask: np.ndarray) -> list[tuple[slice, slice, slice]]:
-    """Bounding boxes ``(z, y, x)`` slices of the 26-connected components of a mask (raster order)."""
-    labels, _ = ndimage.label(np.asarray(mask) != 0, structure=np.ones((3, 3, 3), bool))
-    return [r for r in ndimage.find_objects(labels) if r is not None]
 
 
 def window_start(centre: Sequence[float], size: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
@@ -67,69 +45,6 @@ def window_start(centre: Sequence[float], size: Sequence[int], shape: Sequence[i
         else:
             starts.append(int(min(max(int(round(c)) - p // 2, 0), n - p)))
     return starts[0], starts[1], starts[2]
-
-
-@dataclass
-class TSCase:
-    """One prepared case with its box mask (``uint8`` working grid; zeros without boxes or label)."""
-
-    cached: CachedCase
-    box: np.ndarray
-    pseudo: bool = False
-
-    @property
-    def case_id(self) -> str:
-        return self.cached.case_id
-
-
-def load_ts_case(manifest: Manifest, case: Case, preprocess: PreprocessConfig) -> TSCase:
-    """Read and prepare one case: image, label (if any, 0/1, on the image grid) and boxes (the box file,
-    checked against the image, else derived from the label)."""
-    image_path, label_path, boxes_path = manifest.image_path(case), manifest.label_path(case), manifest.boxes_path(case)
-    if case.modality != preprocess.modality:
-        raise InputError(f"case '{case.id}' is {case.modality} but the preprocessing is for {preprocess.modality}",
-                         image_path)
-    image = read_volume(image_path)
-    label_vol = None if label_path is None else read_volume(label_path)
-    if label_vol is not None:
-        check_same_geometry(image, label_vol, image_path, label_path)
-        check_binary_label(label_vol, label_path)  # type: ignore[arg-type]
-    if boxes_path is not None:
-        boxes = box_mask(read_boxes(boxes_path, image), image.shape).astype(np.uint8)
-    elif label_vol is not None:
-        boxes = derived_box_mask(label_vol.array)
-    else:
-        boxes = np.zeros(image.shape, np.uint8)
-    prepared = prepare_volume(image, preprocess)
-    label = None if label_vol is None else prepare_label(label_vol.array > 0, prepared).astype(np.uint8)
-    cached = CachedCase(case.id, case.patient_id, case.modality, prepared, label)
-    return TSCase(cached, prepare_label(boxes, prepared).astype(np.uint8), is_pseudo(case))
-
-
-class TSCache:
-    """Prepared :class:`TSCase` objects (numpy only: picklable into DataLoader workers)."""
-
-    def __init__(self, cases: Sequence[TSCase]) -> None:
-        if not cases:
-            raise InputError("no cases to load (empty selection)")
-        self.cases = list(cases)
-
-    @classmethod
-    def load(cls, manifest: Manifest, cases: Sequence[Case], preprocess: PreprocessConfig, workers: int = 2) -> TSCache:
-        """Read and prepare ``cases`` (threads: SimpleITK and numpy release the GIL); order is kept."""
-        if not cases:
-            raise InputError("no cases selected", manifest.source)
-        if workers <= 1:
-            return cls([load_ts_case(manifest, c, preprocess) for c in cases])
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return cls(list(pool.map(lambda c: load_ts_case(manifest, c, preprocess), cases)))
-
-    def volume_cache(self) -> VolumeCache:
-        """The same cases as a :class:`VolumeCache` (whole-volume validation)."""
-        return VolumeCache([c.cached for c in self.cases])
-
-    def __len__(self) -> int:
-        return len(self.cases)
 
 
 def _flip(arrays: list[np.ndarray], rng: np.random.Generator, flip_prob: float) -> list[np.ndarray]:
@@ -200,7 +115,7 @@ class BoxPatchDataset3D(PatchDataset3D):
 
     def __init__(self, cache: TSCache, patch_size: Sequence[int] = (16, 64, 64), tumour_fraction: float = 0.5,
                  samples_per_epoch: int = 100, flip_prob: float = 0.0, seed: int = 0) -> None:
-        super().__init__(cache.volume_cache(), patch_size, tumour_fraction, samples_per_epoch, flip_prob, seed=seed)
+        super().__init__(cache.unit_cache(), patch_size, tumour_fraction, samples_per_epoch, flip_prob, seed=seed)
         self.ts_cache = cache
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -13,7 +13,8 @@ direction).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +23,7 @@ from cmedl.data.boxes import BoxGeometry, BoxSet, box_label_map, boxes_from_labe
 from cmedl.data.cropping import extract_window, window_around
 from cmedl.data.lung import LungCrop, lung_crop_boxes, lung_mask
 from cmedl.data.resampling import resample_image, resample_volume
-from cmedl.errors import ConfigError, GeometryError
+from cmedl.errors import ConfigError, GeometryError, InputError, did_you_mean
 from cmedl.io.image import Volume
 
 #: default margin (mm) of the per-lung student crops (chosen on the phantom: see docs / tsdata note)
@@ -59,6 +60,21 @@ class TSPreprocessConfig:
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not np.isfinite(m) or m < 0:
             raise ConfigError(f"lung_margin_mm: expected a non-negative number, got {m!r}")
         object.__setattr__(self, "lung_margin_mm", float(m))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (tuples as lists): what checkpoints store as ``preprocess["ts"]``."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TSPreprocessConfig:
+        """Inverse of :meth:`to_dict`; unknown keys and bad values raise ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"teacher-student preprocessing: expected a mapping, got {data!r}")
+        names = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in names:
+                raise ConfigError(did_you_mean(str(key), names, "teacher-student preprocessing option"))
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def _numbers(self, name: str, kind: type) -> tuple:
         value = getattr(self, name)
@@ -116,11 +132,22 @@ def resample_boxes(boxes: BoxSet, source: Volume, target: Volume) -> BoxSet:
     return boxes_from_label_map(sitk.GetArrayFromImage(res).astype(np.int32), target)
 
 
+def check_finite(image: Volume) -> None:
+    """InputError (named by the volume's source) for NaN/Inf voxels or an empty image."""
+    source = image.meta.get("source", "volume")
+    arr = image.array
+    if image.meta.get("has_nonfinite") == "1" or (np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all()):
+        raise InputError("image has NaN or infinite voxels", source)
+    if arr.size == 0:
+        raise InputError("image is empty", source)
+
+
 def ts_prepare(image: Volume, config: TSPreprocessConfig | None = None, label: Volume | np.ndarray | None = None,
                boxes: BoxSet | None = None, lungs: bool | np.ndarray = False) -> TSPrepared:
     """The paper's preprocessing of one CT (HU) with its optional label (0/1 on the image grid), boxes and
     lung mask (``True``: computed here with :func:`cmedl.data.lung.lung_mask`; an array: given)."""
     config = config or TSPreprocessConfig()
+    check_finite(image)
     arr, stats = normalise(image.array, config)
     out = resample_volume(image.with_array(arr), config.spacing)
     out.array = out.array.astype(np.float32, copy=False)
@@ -138,9 +165,15 @@ def ts_prepare(image: Volume, config: TSPreprocessConfig | None = None, label: V
     return prep
 
 
+def mask_to_grid(mask: Volume, target: Volume) -> Volume:
+    """A mask (any integer values) resampled by nearest neighbour onto ``target``'s grid (0 outside)."""
+    return _to_grid(mask, target)
+
+
 def _to_grid(mask: Volume, target: Volume) -> Volume:
-    res = resample_image(mask.to_sitk(), target.shape[::-1], target.spacing, target.origin, target.direction,
-                         True, 0)
+    arr = mask.array if mask.array.dtype != np.bool_ else mask.array.astype(np.uint8)
+    res = resample_image(mask.with_array(arr).to_sitk(), target.shape[::-1], target.spacing, target.origin,
+                         target.direction, True, 0)
     return target.with_array(sitk.GetArrayFromImage(res).astype(np.uint8))
 
 
@@ -173,6 +206,23 @@ class Crop:
 
     def extract(self, array: np.ndarray, pad_value: float = 0.0) -> np.ndarray:
         return extract_window(np.asarray(array), self.starts, self.size, pad_value)
+
+
+def crop_volume(volume: Volume, box: Sequence[slice]) -> Volume:
+    """The sub-volume ``volume.array[box]`` (``(z, y, x)`` slices inside the array) with its own physical
+    grid: the same spacing and direction, the origin moved to the crop's first voxel."""
+    starts = np.array([int(s.start or 0) for s in box], float)
+    origin = volume.index_to_physical(starts[::-1])
+    return Volume(np.ascontiguousarray(volume.array[tuple(box)]), volume.spacing, tuple(float(v) for v in origin),
+                  volume.direction, dict(volume.meta))
+
+
+def union_box(crops: Sequence[LungCrop], shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The bounding box ``(z, y, x)`` of the crops (the whole array without crops): what the students see."""
+    if not crops:
+        return tuple(slice(0, int(n)) for n in shape)  # type: ignore[return-value]
+    return tuple(slice(min(c.box[a].start for c in crops), max(c.box[a].stop for c in crops))  # type: ignore[return-value]
+                 for a in range(3))
 
 
 def teacher_crop(prepared: TSPrepared, config: TSPreprocessConfig | None = None,

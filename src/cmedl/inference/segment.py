@@ -22,6 +22,10 @@ Pipeline of :func:`segment_volume` for one volume ``[z, y, x]``:
    *restored* probability map, so the written mask and probability files always agree voxel by
    voxel (``mask == (prob >= threshold)`` before the optional clean-ups).
 
+Teacher-student paper students trained with its preprocessing (checkpoint ``preprocess["ts"]``) take
+:mod:`cmedl.inference.ts_segment` for steps 1-3 instead: resampled, z-scored, each lung crop by sliding
+window, back onto the input grid; step 4 is the same.
+
 Test-time (Monte Carlo) dropout, as in the CBCT paper's robustness analysis
 (``mc_dropout_samples = N > 0``), returns the mean probability and the per-voxel SD over the N passes
 (:func:`cmedl.nets.predict.predict_slices`); a network built without dropout gives SD 0 everywhere.
@@ -41,6 +45,7 @@ from torch import nn
 from cmedl.data.lung import lung_mask
 from cmedl.data.plausibility import check_modality
 from cmedl.data.preprocess import PreprocessConfig, prepare_volume, restore_to_input
+from cmedl.data.ts_preprocess import TSPreprocessConfig
 from cmedl.devices import keep_freed_host_memory, resolve_device
 from cmedl.errors import CmedlError, InputError
 from cmedl.inference.files import (
@@ -59,6 +64,7 @@ from cmedl.inference.formats import (
     output_suffixes,
 )
 from cmedl.inference.postprocess import near_region, postprocess_probabilities
+from cmedl.inference.ts_segment import student_probabilities, ts_preprocess_of_checkpoint
 from cmedl.io.dicom_export import export_mask
 from cmedl.io.volume import Volume, read_volume
 from cmedl.methods import build_test_time_model
@@ -114,6 +120,7 @@ def segment_volume(
     overlap: float = 0.25,
     lung_filter: bool = False,
     lung_margin_mm: float = DEFAULT_LUNG_MARGIN_MM,
+    ts_preprocess: TSPreprocessConfig | None = None,
 ) -> SegmentationResult:
     """Segment one volume with a 2D (slice-wise) or 3D (sliding-window) student; every output is on
     ``volume``'s exact grid.
@@ -141,6 +148,9 @@ def segment_volume(
         overlap: sliding-window overlap of a 3D student, in ``[0, 1)``.
         lung_filter: keep only the mask components within ``lung_margin_mm`` of the lungs (CT only;
             no lung found: the mask is left as it is, with a logged warning).
+        ts_preprocess: a teacher-student paper student's preprocessing (the checkpoint's
+            ``preprocess["ts"]``): ``preprocess`` is then not applied, the student segments each lung
+            crop of the resampled CT (:mod:`cmedl.inference.ts_segment`).
 
     Raises:
         InputError: bad arguments or an image the preprocessing refuses (named by its source).
@@ -149,26 +159,31 @@ def segment_volume(
     check_segment_arguments(threshold, mc_dropout_samples, network_dims(net))
     if is_3d and patch_size is None:
         raise InputError("a 3D student needs the sliding-window patch size (the checkpoint's data.patch_size_3d)")
-    prepared = prepare_volume(volume, preprocess)
     sd_w: np.ndarray | None = None
-    if is_3d:
-        probs_w = predict_volume_3d(
-            net, prepared.image, patch_size, overlap=overlap, batch_size=batch_size,  # type: ignore[arg-type]
-            device=device, amp_bf16=amp_bf16, pad_value=prepared.pad_value, channels_last=channels_last)
+    if is_3d and ts_preprocess is not None:  # hook: the teacher-student paper's pipeline (per-lung crops)
+        probs = student_probabilities(volume, net, ts_preprocess, patch_size, overlap=overlap,  # type: ignore[arg-type]
+                                      batch_size=batch_size, device=device, amp_bf16=amp_bf16,
+                                      channels_last=channels_last)
     else:
-        probs_w, sd_w = predict_slices(
-            net, prepared.image, batch_size=batch_size, device=device, amp_bf16=amp_bf16, activation=torch.sigmoid,
-            pad_value=prepared.pad_value, mc_dropout_samples=mc_dropout_samples, seed=seed,
-            channels_last=channels_last)
-    probs = restore_to_input(probs_w, prepared, is_label=False, fill_value=0.0)
-    del probs_w
-    np.clip(probs, 0.0, 1.0, out=probs)  # linear interpolation cannot leave [0, 1]; guards rounding
+        prepared = prepare_volume(volume, preprocess)
+        if is_3d:
+            probs_w = predict_volume_3d(
+                net, prepared.image, patch_size, overlap=overlap, batch_size=batch_size,  # type: ignore[arg-type]
+                device=device, amp_bf16=amp_bf16, pad_value=prepared.pad_value, channels_last=channels_last)
+        else:
+            probs_w, sd_w = predict_slices(
+                net, prepared.image, batch_size=batch_size, device=device, amp_bf16=amp_bf16,
+                activation=torch.sigmoid, pad_value=prepared.pad_value, mc_dropout_samples=mc_dropout_samples,
+                seed=seed, channels_last=channels_last)
+        probs = restore_to_input(probs_w, prepared, is_label=False, fill_value=0.0)
+        del probs_w
+        np.clip(probs, 0.0, 1.0, out=probs)  # linear interpolation cannot leave [0, 1]; guards rounding
     region = lung_region(volume, lung_margin_mm) if lung_filter else None
     mask = postprocess_probabilities(probs, threshold, largest_component, fill_holes, min_component_ml,
                                      volume.spacing_zyx, keep_region=region)
     uncertainty = None
     if sd_w is not None:
-        sd = restore_to_input(sd_w, prepared, is_label=False, fill_value=0.0)
+        sd = restore_to_input(sd_w, prepared, is_label=False, fill_value=0.0)  # 2D students only
         uncertainty = volume.with_array(np.maximum(sd, 0.0, out=sd))
     return SegmentationResult(
         mask=volume.with_array(mask),
@@ -285,6 +300,7 @@ def segment_files(
     if recipe is not None:
         ckpt = checkpoint_as_method(ckpt, recipe, source=model_path)
     model, preprocess, config = build_test_time_model(ckpt, source=model_path)
+    ts_preprocess = ts_preprocess_of_checkpoint(ckpt, model_path)  # teacher-student paper pipeline, or None
     if model.dims == 3 and mc_dropout_samples:
         raise InputError("MC dropout is implemented for 2D (slice-wise) students only", model_path)
     if manifest is not None:  # the manifest's cases of the model's modality (it may list MRI as well)
@@ -307,6 +323,7 @@ def segment_files(
             largest_component=largest_component, fill_holes=fill_holes, min_component_ml=min_component_ml,
             return_probabilities=probabilities, amp_bf16=amp_bf16, mc_dropout_samples=mc_dropout_samples, seed=seed,
             patch_size=patch_size, lung_filter=lung_filter, lung_margin_mm=lung_margin_mm,
+            ts_preprocess=ts_preprocess,
         )
         files = export_mask(result.mask, path, out, to_dicom, name=name, roi_name=roi_name, colour=colour,
                             probabilities=result.probabilities if "seg" in to_dicom else None) if to_dicom else []

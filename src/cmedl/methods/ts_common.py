@@ -11,25 +11,68 @@ gradient in flight is never lost at a checkpoint (a resumed run repeats the unin
 ``ts-unet3d-teacher`` (3 levels), the students ``ts-unet3d`` (4 levels) and ``ts-unet3d-do`` (dual
 output), all at ``model.seg_base_width``. (``methods.base.build_segmenter`` builds ``model.arch``
 itself, so the variants are built here with the registry's ``build_segmentation_net``.)
+
+Preprocessing (each method's section)::
+
+    ts-student:
+      pipeline: paper          # paper: Sec. 2.2 (below); legacy: the working grid of `preprocessing.student`
+      preprocess: {clip_hu: [-1024, 1000], zscore: true, spacing: [1.0, 1.0, 1.5], lung_margin_mm: 10.0}
+
+``paper``: HU clipped and z-scored, resampled to ``spacing`` (x, y, z mm); teachers train on
+``data.patch_size_3d`` crops around the tumours (the paper: 128^3) with the box channel, students on
+patches of the per-lung crops (:mod:`cmedl.data.ts_cases`). :func:`ts_preprocess_of` gives the
+:class:`~cmedl.data.ts_preprocess.TSPreprocessConfig` of a config (the teacher crop is
+``data.patch_size_3d``), which every checkpoint stores as ``preprocess["ts"]``
+(:meth:`TSMethod.checkpoint_preprocess`) and ``cmedl segment`` / ``cmedl pseudo-label`` apply. Checkpoints
+without it (``legacy``, or written before) run on the legacy working grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from cmedl.config import TrainConfig
-from cmedl.config.schema import check_positive
+from cmedl.config.schema import check_choice, check_positive
+from cmedl.data.ts_preprocess import DEFAULT_LUNG_MARGIN_MM, TSPreprocessConfig
 from cmedl.errors import ConfigError
 from cmedl.methods.base import Method
 from cmedl.nets import build_segmentation_net
 
 #: the ``model.arch`` of every teacher-student method
 TS_ARCH = "ts-unet3d"
+#: ``<method>.pipeline`` values: the paper's preprocessing, or the repository's working grid
+PIPELINES = ("paper", "legacy")
+#: smallest teacher crop (voxels per axis) the paper pipeline accepts
+MIN_TEACHER_CROP = 8
+
+
+@dataclass
+class TSPreprocessSection:
+    """``<method>.preprocess``: the paper pipeline's settings (:class:`TSPreprocessConfig` without the teacher
+    crop, which is ``data.patch_size_3d``)."""
+
+    #: HU range kept before the z-score
+    clip_hu: tuple[float, float] = (-1024.0, 1000.0)
+    #: z-score the clipped volume (mean and SD of the volume)
+    zscore: bool = True
+    #: resampled spacing (x, y, z) mm; the paper: 1 x 1 x 1.5
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.5)
+    #: margin (mm) of the students' per-lung crops
+    lung_margin_mm: float = DEFAULT_LUNG_MARGIN_MM
+
+    def __post_init__(self) -> None:
+        self.resolve()
+
+    def resolve(self, teacher_crop: Sequence[int] | None = None) -> TSPreprocessConfig:
+        """The data layer's config (checks every value: ConfigError naming the field)."""
+        crop = TSPreprocessConfig.teacher_crop if teacher_crop is None else tuple(int(v) for v in teacher_crop)
+        return TSPreprocessConfig(clip_hu=self.clip_hu, zscore=self.zscore, spacing=self.spacing,
+                                  teacher_crop=crop, lung_margin_mm=self.lung_margin_mm)
 
 
 @dataclass
@@ -38,9 +81,30 @@ class TSConfig:
 
     #: optimiser step every this many training steps (gradient accumulation; the paper: batch 1 x 8)
     accumulate: int = 8
+    #: ``paper`` (Sec. 2.2: clip + z-score, resampled, tumour / lung crops) or ``legacy`` (working grid)
+    pipeline: str = "paper"
+    #: the paper pipeline's settings
+    preprocess: TSPreprocessSection = field(default_factory=TSPreprocessSection)
 
     def __post_init__(self) -> None:
         check_positive("accumulate", self.accumulate)
+        check_choice("pipeline", self.pipeline, PIPELINES)
+        self.preprocess.resolve()  # values set in code are checked again (config.validate)
+
+
+def ts_preprocess_of(config: TrainConfig, teacher: bool, method: str | None = None) -> TSPreprocessConfig | None:
+    """The paper pipeline's settings of ``method`` (default ``training.method``) in ``config``, or None for
+    the legacy pipeline (and for methods that are not teacher-student ones). A ``teacher`` crops
+    ``data.patch_size_3d`` around the tumour."""
+    name = method or config.training.method
+    section = config.sections.get(name)
+    if not isinstance(section, TSConfig) or section.pipeline != "paper":
+        return None
+    crop = config.data.patch_size_3d if teacher else None
+    if teacher and min(int(v) for v in crop) < MIN_TEACHER_CROP:
+        raise ConfigError(f"data.patch_size_3d: the teacher's crop ({name}.pipeline=paper) needs at least "
+                          f"{MIN_TEACHER_CROP} voxels per axis, got {list(crop)}")
+    return section.preprocess.resolve(crop)
 
 
 class TSMethod(Method):
@@ -53,6 +117,8 @@ class TSMethod(Method):
     net_key: ClassVar[str] = "student_ct"
     #: input channels of the network
     in_channels: ClassVar[int] = 1
+    #: what a teacher needs at test time besides the CT (``box`` / ``point``); None: a student
+    guidance: ClassVar[str | None] = None
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
@@ -60,6 +126,7 @@ class TSMethod(Method):
         if config.model.arch != TS_ARCH:
             raise ConfigError(f"model.arch: method '{cls.name}' trains the teacher-student paper's 3D U-Nets; set "
                               f"model.arch={TS_ARCH} (got '{config.model.arch}')")
+        ts_preprocess_of(config, cls.guidance is not None, cls.name)  # checks the teacher crop
         acc = config.section(cls.name).accumulate
         if config.iterations_per_epoch % acc:
             raise ConfigError(f"{cls.name}.accumulate: an epoch ({config.iterations_per_epoch} steps: "
@@ -83,6 +150,12 @@ class TSMethod(Method):
     def student(self) -> nn.Module:
         """The network this method trains (validated each epoch)."""
         return self.networks[self.net_key]
+
+    def checkpoint_preprocess(self) -> dict[str, Any]:
+        """What checkpoints store beside ``preprocess["student"]``: ``{"ts": TSPreprocessConfig dict}`` with the
+        paper pipeline (``cmedl segment`` / ``cmedl pseudo-label`` apply it), nothing with the legacy one."""
+        ts = ts_preprocess_of(self.config, self.guidance is not None, self.name)
+        return {} if ts is None else {"ts": ts.to_dict()}
 
     # ------------------------------------------------------------------ per method
     def inputs(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -136,4 +209,4 @@ class TSMethod(Method):
         self.micro_steps = int(state.get("micro_steps", 0))
 
 
-__all__ = ["TS_ARCH", "TSConfig", "TSMethod"]
+__all__ = ["PIPELINES", "TS_ARCH", "TSConfig", "TSMethod", "TSPreprocessSection", "ts_preprocess_of"]

@@ -2,8 +2,11 @@
 3D students (Sec. 2.3-2.4, Tables 3 and 5).
 
 All three are the paper's 4-level 3D U-Net trained with soft Dice on 3D patches of
-``data.patch_size_3d`` (a ``data.tumour_fraction`` share centred on tumour voxels) and segment whole
-volumes by sliding window in ``cmedl segment``:
+``data.patch_size_3d`` (a ``data.tumour_fraction`` share centred on tumour voxels). With
+``<method>.pipeline: paper`` (:mod:`cmedl.methods.ts_common`) the patches come from the per-lung crops of
+the clipped, z-scored CT resampled to ``<method>.preprocess.spacing``, and ``cmedl segment`` segments
+each lung crop by sliding window and merges them on the input grid (:mod:`cmedl.inference.ts_segment`);
+with ``legacy`` they come from the working grid and whole volumes are segmented by sliding window:
 
 - ``ts-baseline``: the student architecture on the expertly contoured cases alone
   (``BatchKind.STRONG_PATCHES_3D``; pseudo-labelled cases are left out);

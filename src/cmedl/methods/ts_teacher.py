@@ -2,7 +2,10 @@
 
 Both are the paper's 3-level 3D U-Net (``ts-unet3d-teacher``) trained with soft Dice on crops of
 ``data.patch_size_3d`` voxels around the lesions of the expertly contoured cases
-(``BatchKind.GUIDED_CROPS_3D``; the paper: 128^3 at 1 x 1 x 1.5 mm):
+(``BatchKind.GUIDED_CROPS_3D``; the paper: 128^3 at 1 x 1 x 1.5 mm). With ``<method>.pipeline: paper``
+(:mod:`cmedl.methods.ts_common`) the cases are clipped, z-scored and resampled to
+``<method>.preprocess.spacing`` first and the boxes re-derived on that grid; the settings go into the
+checkpoint and ``cmedl pseudo-label`` applies them:
 
 - ``box-teacher`` sees two channels, the CT crop and the union of the lesion's axial bounding boxes
   (the box mask): "guided by the bounding boxes";

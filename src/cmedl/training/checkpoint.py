@@ -6,7 +6,8 @@ Format ``cmedl-checkpoint/1`` (keys are stable; readers must ignore keys they do
       "format": "cmedl-checkpoint/1",
       "method": "cmedl" | "ct-only",
       "config": plain nested dict of the full TrainConfig,
-      "preprocess": {"student": PreprocessConfig dict, "mr": PreprocessConfig dict or None},
+      "preprocess": {"student": PreprocessConfig dict, "mr": PreprocessConfig dict or None,
+                     "ts": TSPreprocessConfig dict (teacher-student paper pipeline only)},
       "networks": {name: state_dict},     # student_ct, teacher_mr, g_ct2mr, g_mr2ct, d_ct, d_mr
       "optimizers": {name: state_dict},   # e.g. "g", "d", "s"
       "method_state": {...},              # method extras (e.g. CycleGAN image pools), tensors only

@@ -25,6 +25,7 @@ from cmedl.data.datasets_ts import BoxPatchDataset3D, GuidedCropDataset, TSCache
 from cmedl.data.manifest import Manifest
 from cmedl.data.preprocess import PreprocessConfig
 from cmedl.data.selection import CaseSelection, select_cases
+from cmedl.methods.ts_common import ts_preprocess_of  # teacher-student preprocessing
 
 #: offset of the validation patches' seed from the training seed
 VAL_SEED_OFFSET = 7919
@@ -97,9 +98,10 @@ def _guided_crops_3d(config: TrainConfig, selection: CaseSelection, progress: bo
     jitter up to 1/8 of the crop), and fixed validation crops centred on the lesions."""
     d, seed = config.data, config.training.seed
     student_pp, _ = config.preprocess_configs()
-    train_cache = TSCache.load(selection.manifest, selection.train, student_pp)
+    ts = ts_preprocess_of(config, teacher=True)  # the paper's preprocessing (None: legacy working grid)
+    train_cache = TSCache.load(selection.manifest, selection.train, student_pp, ts=ts)
     train = GuidedCropDataset(train_cache, d.patch_size_3d, d.samples_per_epoch, 0.125, _flip_prob(config), seed)
-    val_cache = TSCache.load(selection.manifest, selection.val, student_pp)
+    val_cache = TSCache.load(selection.manifest, selection.val, student_pp, ts=ts)
     val = GuidedCropDataset(val_cache, d.patch_size_3d, d.val_samples, 0.0, 0.0, seed + VAL_SEED_OFFSET)
     return TrainingData(train, val, val_cache.volume_cache(), student_pp, None)
 
@@ -108,10 +110,11 @@ def _box_patches_3d(config: TrainConfig, selection: CaseSelection, progress: boo
     """Student patches (expert, or expert + pseudo labels: the selection decided) with box targets."""
     d, seed = config.data, config.training.seed
     student_pp, _ = config.preprocess_configs()
-    train_cache = TSCache.load(selection.manifest, selection.train, student_pp)
+    ts = ts_preprocess_of(config, teacher=False)  # the paper's preprocessing: per-lung crops (None: legacy)
+    train_cache = TSCache.load(selection.manifest, selection.train, student_pp, ts=ts, lungs=True)
     train = BoxPatchDataset3D(train_cache, d.patch_size_3d, d.tumour_fraction, d.samples_per_epoch, _flip_prob(config),
                               seed=seed)
-    val_cache = TSCache.load(selection.manifest, selection.val, student_pp)
+    val_cache = TSCache.load(selection.manifest, selection.val, student_pp, ts=ts, lungs=True)
     val = BoxPatchDataset3D(val_cache, d.patch_size_3d, 0.5, d.val_samples, 0.0, seed=seed + VAL_SEED_OFFSET)
     return TrainingData(train, val, val_cache.volume_cache(), student_pp, None)
 

@@ -184,6 +184,8 @@ def _finish_epoch(run: _Run, epoch: int, sums: dict[str, float], n_steps: int, v
 def _payload(run: _Run, epoch: int, val: dict[str, float], ranks_extra: list[Any] | None) -> dict[str, Any]:
     method, state = run.method, run.state
     preprocess = {"student": run.data.student_pp.to_dict(), "mr": run.data.mr_pp.to_dict() if run.data.mr_pp else None}
+    # hook: a method's own preprocessing beside student/mr (teacher-student methods: {"ts": ...})
+    preprocess.update(getattr(method, "checkpoint_preprocess", dict)())
     payload = {
         "method": method.name, "config": run.config.to_dict(), "preprocess": preprocess,
         **method.state_dict(), "epoch": epoch, "global_step": state.global_step,
