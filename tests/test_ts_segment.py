@@ -89,11 +89,15 @@ def cohort(tmp_path_factory) -> Path:
                            fractions=(0.4, 0.2, 0.4), options=PhantomOptions(box_only_share=0.0))
 
 
+def _config(*extra: str):
+    return load_config("cpu-ts", ["training.method=ts-baseline", "model.seg_base_width=4",
+                                  "data.patch_size_3d=[16,32,32]", "data.samples_per_epoch=4", "data.val_samples=2",
+                                  "training.max_epochs=1", "training.progress=false", "training.image_grid=false",
+                                  "ts-baseline.accumulate=2", *extra])
+
+
 def _run(tmp: Path, cohort: Path, name: str, *extra: str) -> tuple[Path, object]:
-    config = load_config("cpu-ts", ["training.method=ts-baseline", "model.seg_base_width=4",
-                                    "data.patch_size_3d=[16,32,32]", "data.samples_per_epoch=4", "data.val_samples=2",
-                                    "training.max_epochs=1", "training.progress=false", "training.image_grid=false",
-                                    "ts-baseline.accumulate=2", *extra])
+    config = _config(*extra)
     return train(config, cohort, out_dir=tmp / name).best_checkpoint, config
 
 
@@ -120,3 +124,22 @@ def test_invalid_stored_preprocessing_is_one_line_error():
         ts_preprocess_of_checkpoint({"preprocess": {"ts": {"spacing": [1, 0, 1]}}}, "model.pt")
     assert "\n" not in str(exc.value) and str(exc.value).startswith("model.pt")
     assert ts_preprocess_of_checkpoint({"preprocess": {"student": {}}}) is None
+
+
+def test_a_run_from_before_the_paper_pipeline_resumes_only_as_legacy(cohort, tmp_path):
+    """A teacher-student checkpoint without ``pipeline`` and ``preprocess.ts`` (written before the paper
+    pipeline) trained on the working grid: resuming it with the paper default is refused naming the key."""
+    from cmedl.errors import ConfigError
+    from cmedl.training.checkpoint import save_checkpoint
+
+    _run(tmp_path, cohort, "old", "ts-baseline.pipeline=legacy")
+    last = tmp_path / "old" / "last.pt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["ts-baseline"]["pipeline"]  # as written before the key existed
+    save_checkpoint(last, ckpt)
+    more = ["training.max_epochs=2"]
+    with pytest.raises(ConfigError, match="pipeline") as exc:
+        train(_config(*more), cohort, out_dir=tmp_path / "old", resume=True)
+    assert "\n" not in str(exc.value)
+    resumed = train(_config(*more, "ts-baseline.pipeline=legacy"), cohort, out_dir=tmp_path / "old", resume=True)
+    assert resumed.epochs == 2 and "ts" not in load_checkpoint(resumed.last_checkpoint)["preprocess"]

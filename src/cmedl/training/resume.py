@@ -22,7 +22,8 @@ import torch
 from cmedl.config import TrainConfig, flatten_config
 from cmedl.errors import ConfigError
 from cmedl.methods.base import Method
-from cmedl.methods.registry import parse_config
+from cmedl.methods.registry import get_method, parse_config
+from cmedl.methods.ts_common import TSMethod
 from cmedl.training.checkpoint import load_checkpoint, restore_rng_state
 from cmedl.training.schedule import remember_base_rates
 
@@ -57,10 +58,27 @@ def check_resume_config(saved: dict[str, Any], config: TrainConfig, ckpt_path: P
         )
 
 
+def saved_config_of(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config as it trained. Teacher-student runs written before the paper pipeline existed
+    (no ``<method>.pipeline`` key, no ``preprocess.ts``) trained on the working grid: they read as
+    ``pipeline: legacy``, so resuming one with today's default is refused naming that key instead of
+    switching its preprocessing mid-run."""
+    saved = ckpt["config"]
+    method = (saved.get("training") or {}).get("method")
+    section = saved.get(method) if isinstance(method, str) else None
+    if not isinstance(section, dict) or "pipeline" in section or "ts" in (ckpt.get("preprocess") or {}):
+        return saved
+    try:
+        is_ts = issubclass(get_method(method), TSMethod)
+    except ConfigError:
+        return saved  # an unknown method: check_resume_config names it
+    return {**saved, method: {**section, "pipeline": "legacy"}} if is_ts else saved
+
+
 def load_resume_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
     """``last.pt`` of the run to resume, after checking that ``config`` may resume it."""
     ckpt = load_checkpoint(path)
-    check_resume_config(ckpt["config"], config, path)
+    check_resume_config(saved_config_of(ckpt), config, path)
     return ckpt
 
 
@@ -110,5 +128,5 @@ def restore_run(method: Method, ckpt: dict[str, Any] | None, world: int = 1, ran
     return state
 
 
-__all__ = ["RESUMABLE_CHANGES", "RunState", "check_resume_config", "load_resume_checkpoint", "restore_run",
+__all__ = ["RESUMABLE_CHANGES", "RunState", "check_resume_config", "load_resume_checkpoint", "restore_run", "saved_config_of",
            "seed_everything"]
