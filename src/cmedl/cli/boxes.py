@@ -1,5 +1,5 @@
 """``cmedl data boxes``: axial box annotations for a manifest (thin wrapper over
-:func:`cmedl.data.boxes.derive_manifest_boxes` and :func:`cmedl.data.voc_boxes.import_voc_manifest`)."""
+:func:`cmedl.data.box_manifest.derive_manifest_boxes` and :func:`cmedl.data.voc_boxes.import_voc_manifest`)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def boxes_cmd(
             raise InputError("--share and --cases exclude each other")
         if dicom is not None or case is not None or series_uid is not None:
             raise InputError("--dicom, --case and --series-uid go with --voc, not --from-masks")
-        from cmedl.data.boxes import derive_manifest_boxes  # lazy: library import
+        from cmedl.data.box_manifest import derive_manifest_boxes  # lazy: library import
 
         result = derive_manifest_boxes(
             manifest, out, share=share, seed=seed, splits=[s.strip() for s in splits.split(",") if s.strip()],

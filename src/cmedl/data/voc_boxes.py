@@ -32,15 +32,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from cmedl.data.boxes import (
-    AxialBox,
-    BoxesResult,
-    BoxGeometry,
-    BoxSet,
-    box_label_map,
-    rebased_cases,
-    write_boxes,
-)
+from cmedl.data.box_manifest import BoxesResult, rebased_cases
+from cmedl.data.boxes import AxialBox, BoxGeometry, BoxSet, box_label_map, write_boxes
 from cmedl.data.manifest import Manifest
 from cmedl.errors import GeometryError, InputError
 from cmedl.io.dicom import read_dicom_series

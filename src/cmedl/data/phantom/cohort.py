@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from cmedl.data.boxes import boxes_from_mask, choose_box_only, write_boxes
+from cmedl.data.box_manifest import choose_box_only
+from cmedl.data.boxes import boxes_from_mask, write_boxes
 from cmedl.data.manifest import Case, Manifest, split_by_patient
 from cmedl.data.phantom.anatomy import Anatomy, Grid, TumourInfo, build_anatomy, sample_patient
 from cmedl.data.phantom.cbct import render_cbct
