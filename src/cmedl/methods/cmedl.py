@@ -96,8 +96,13 @@ class CMEDL(Method):
     translators: ClassVar[dict[str, str]] = {"ct2mr": "g_ct2mr", "mr2ct": "g_mr2ct"}
 
     @classmethod
+    def section_of(cls, config: TrainConfig) -> Any:
+        """The ``cmedl`` section: also that of the variants trained like CMEDL (``pmri-cmedl``, ``cmedl-oracle``)."""
+        return config.section(CMEDL.name)
+
+    @classmethod
     def config_sections(cls, config: TrainConfig) -> tuple[str, ...]:
-        return (cls.name, cls.section_of(config).translator)
+        return (CMEDL.name, cls.section_of(config).translator)
 
     @classmethod
     def build_networks(cls, config: TrainConfig, names: Sequence[str] | None = None) -> dict[str, nn.Module]:

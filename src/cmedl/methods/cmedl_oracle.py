@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from cmedl.config import TrainConfig
 from cmedl.data.batches import BatchKind
 from cmedl.methods.cmedl import CMEDL
 
@@ -34,14 +33,6 @@ class CMEDLOracle(CMEDL):
     #: reads the ``cmedl`` section (and its translator's): no section of its own
     config_section: ClassVar[type | None] = None
     teacher_reads_pmri: ClassVar[bool] = False
-
-    @classmethod
-    def section_of(cls, config: TrainConfig) -> Any:
-        return config.section(CMEDL.name)
-
-    @classmethod
-    def config_sections(cls, config: TrainConfig) -> tuple[str, ...]:
-        return (CMEDL.name, cls.section_of(config).translator)
 
     def teacher_input(self, batch: dict[str, Any], translation: Any) -> torch.Tensor:
         if "ct_paired_mr" not in batch:

@@ -37,14 +37,6 @@ class PMRICMEDL(CMEDL):
     runs_checkpoints_of: ClassVar[tuple[str, ...]] = ("cmedl",)
 
     @classmethod
-    def section_of(cls, config: TrainConfig) -> Any:
-        return config.section(CMEDL.name)
-
-    @classmethod
-    def config_sections(cls, config: TrainConfig) -> tuple[str, ...]:
-        return (CMEDL.name, cls.section_of(config).translator)
-
-    @classmethod
     def check_config(cls, config: TrainConfig) -> None:
         super().check_config(config)
         translator = cls.section_of(config).translator
