@@ -108,3 +108,13 @@ def test_oracle_on_a_cohort_without_paired_mri_is_a_one_line_error(tmp_path: Pat
     with pytest.raises(InputError, match="paired-oracle") as exc:
         build_training_data(tiny("cmedl-oracle"), BatchKind.PAIRED_ORACLE_SLICES, plain)
     assert "\n" not in str(exc.value)
+
+
+def test_cmedl_methods_lists_the_cmedl_section_for_the_variants():
+    from cmedl.methods import describe_methods
+
+    rows = {r["method"]: r for r in describe_methods()}
+    for name in ("cmedl", "pmri-cmedl", "cmedl-oracle"):  # the variants read the cmedl section, not one of their own
+        assert rows[name]["sections"].startswith("cmedl, translator:"), rows[name]
+    assert rows["cmedl-oracle"]["batch"] == "paired-oracle-slices" and rows["ct-only"]["sections"] == "-"
+    assert rows["box-teacher"]["sections"] == "box-teacher"

@@ -152,7 +152,10 @@ def describe_methods() -> list[dict[str, str]]:
     """One row per registered method: name, description, batch kind, test-time networks, sections."""
     rows = []
     for name, cls in _METHODS.items():
-        sections = [name] if cls.config_section is not None else []
+        # a variant without a section of its own reads its parent's (pmri-cmedl, cmedl-oracle: ``cmedl``)
+        parent = next((c for c in cls.__mro__[1:] if issubclass(c, Method) and c.config_section is not None), None)
+        own = cls if cls.config_section is not None else parent
+        sections = [own.name] if own is not None and own.name else []
         if cls.translators:
             sections.append("translator: " + " | ".join(TRANSLATORS))
         rows.append({
