@@ -93,6 +93,13 @@ def _read(manifest: Manifest, case: Case, preprocess: PreprocessConfig) -> tuple
     return image, label, boxes
 
 
+def _box_mask_of(boxes: BoxSet | None, label: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The case's ``uint8`` box mask on a grid: from its box file, else derived from its label, else zeros."""
+    if boxes is not None:
+        return box_mask(boxes, shape).astype(np.uint8)
+    return derived_box_mask(label) if label is not None else np.zeros(shape, np.uint8)
+
+
 def load_ts_case(manifest: Manifest, case: Case, preprocess: PreprocessConfig,
                  ts: TSPreprocessConfig | None = None, lungs: bool = False) -> tuple[list[TSCase], CachedCase]:
     """Read and prepare one case: its training units (the whole case, or with the paper pipeline and
@@ -100,20 +107,14 @@ def load_ts_case(manifest: Manifest, case: Case, preprocess: PreprocessConfig,
     image, label_vol, boxes = _read(manifest, case, preprocess)
     pseudo = is_pseudo(case)
     if ts is None:
-        if boxes is not None:
-            box = box_mask(boxes, image.shape).astype(np.uint8)
-        else:
-            box = derived_box_mask(label_vol.array) if label_vol is not None else np.zeros(image.shape, np.uint8)
+        box = _box_mask_of(boxes, None if label_vol is None else label_vol.array, image.shape)
         prepared = prepare_volume(image, preprocess)
         label = None if label_vol is None else prepare_label(label_vol.array > 0, prepared).astype(np.uint8)
         cached = CachedCase(case.id, case.patient_id, case.modality, prepared, label)
         return [TSCase(cached, prepare_label(box, prepared).astype(np.uint8), pseudo)], cached
     prep = ts_prepare(image, ts, label=label_vol, boxes=boxes, lungs=lungs)
     label = None if prep.label is None else prep.label.array
-    if prep.boxes is not None:
-        box = box_mask(prep.boxes, prep.image.shape).astype(np.uint8)
-    else:
-        box = derived_box_mask(label) if label is not None else np.zeros(prep.image.shape, np.uint8)
+    box = _box_mask_of(prep.boxes, label, prep.image.shape)
     if not lungs:
         cached = grid_case(case, prep.image, prep.background, preprocess, label)
         return [TSCase(cached, box, pseudo)], cached
