@@ -52,13 +52,19 @@ def study_cmd(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Config override for every run (repeatable).")
     ] = None,
+    reuse: Annotated[
+        list[Path] | None,
+        typer.Option("--reuse", help="Another study folder: its finished runs are shared by runs with the same "
+                                     "configuration instead of training them again (repeatable)."),
+    ] = None,
     tables_only: Annotated[
         bool, typer.Option("--tables-only", help="Only (re)write the tables from the finished runs.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and check their configs.")] = False,
 ) -> None:
     """Train a grid of runs (methods x architectures x translators x ablations x seeds), segment and score
-    each run's test split once, and write the papers' tables. Rerunning continues an interrupted study."""
+    each run's test split once, and write the papers' tables. Rerunning continues an interrupted study;
+    a run with the same configuration as an earlier one (here or in a --reuse folder) is trained once."""
     from cmedl.study import load_study, run_study, write_tables  # lazy: fast `cmedl --help`
 
     spec = load_study(study)
@@ -74,7 +80,7 @@ def study_cmd(
         return
     if not tables_only:
         outcomes = run_study(spec, data, out, mr_data=mr_data, devices=device_list,
-                             runs_per_device=runs_per_device, overrides=extra,
+                             runs_per_device=runs_per_device, overrides=extra, reuse=reuse or [],
                              log=console.print)
     else:
         outcomes = {}

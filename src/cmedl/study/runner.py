@@ -8,6 +8,9 @@ checkpoints, logs) and goes through three stages, each recorded so that a rerun 
 2. segment the test split with the run's test-time recipe (``pred/``; ``pred/DONE``);
 3. score it against the expert masks (``results.csv``, written atomically, so it exists only whole).
 
+A run whose configuration equals an earlier run's (of this study, or a finished run of the study
+folders given as ``reuse``) is not trained again but shared (:mod:`cmedl.study.sharing`).
+
 On one device the runs go one after another. With several devices (``devices=["cuda:0", "cuda:1"]``)
 the runs are dealt round-robin to one worker process per device (``runs_per_device`` workers each). The study's description (runs and
 their overrides) is recorded in ``study.json``; a folder made by another study is refused.
@@ -30,6 +33,7 @@ from cmedl.evaluation.results_csv import write_results_csv
 from cmedl.inference.segment import segment_files
 from cmedl.io import atomic_path
 from cmedl.io.outputs import check_output_folder, writing
+from cmedl.study.sharing import SHARED_FROM, config_signature, finished_runs, share, source_of, twins
 from cmedl.study.spec import RunSpec, StudySpec
 from cmedl.training import train
 
@@ -40,6 +44,7 @@ class RunOutcome:
     results: Path | None  #: the run's per-case CSV (None when it failed)
     trained: bool  #: trained (or resumed) now, rather than found finished
     error: str | None = None
+    shared_from: Path | None = None  #: the run folder whose results this run shares (not trained again)
 
 
 def _done(path: Path, text: str) -> None:
@@ -130,11 +135,14 @@ def run_study(
     devices: Sequence[str] = ("cpu",),
     runs_per_device: int = 1,
     overrides: Sequence[str] = (),
+    reuse: Sequence[str | Path] = (),
     log: Callable[[str], None] = print,
 ) -> dict[str, RunOutcome]:
     """Run (or continue) every run of ``spec`` on ``data`` (manifest with train/val/test splits); returns
     the outcome per run key. ``runs_per_device`` > 1 trains several runs at once on each device (small
-    runs that leave a GPU idle). Tables: :func:`cmedl.study.tables.write_tables` on the same folder."""
+    runs that leave a GPU idle). ``reuse``: other study folders whose finished runs are shared by runs
+    with the same configuration instead of training them again. Tables:
+    :func:`cmedl.study.tables.write_tables` on the same folder."""
     data = Path(data)
     mr = Path(mr_data) if mr_data is not None else None
     configs = spec.configs(overrides)  # every run validated before any work
@@ -145,14 +153,28 @@ def run_study(
     if int(runs_per_device) < 1:
         raise InputError(f"runs per device must be >= 1, got {runs_per_device}")
     Manifest.load(data)  # a readable manifest before any work
+    elsewhere = finished_runs(Path(f) for f in reuse)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     check_study_folder(out, spec, overrides)
     runs = spec.runs()
-    jobs = [(r, configs[r.key], data, mr, out / "runs" / r.key) for r in runs]
+    same = twins([(r.key, configs[r.key]) for r in runs])
     log(f"study {spec.name}: {len(runs)} runs ({len(spec.families)} families x runs x {len(spec.seeds)} seed(s)) "
-        f"on {', '.join(devices)}")
+        f"on {', '.join(devices)}" + (f"; {len(same)} repeat(s) an earlier run and will share it" if same else ""))
     outcomes: dict[str, RunOutcome] = {}
+    jobs = []
+    for r in runs:
+        run_dir = out / "runs" / r.key
+        source = elsewhere.get(config_signature(configs[r.key]))
+        if (run_dir / SHARED_FROM).exists() and (run_dir / "results.csv").exists():
+            outcomes[r.key] = RunOutcome(r.key, run_dir / "results.csv", False, shared_from=source_of(run_dir))
+        elif source is not None and not (run_dir / "results.csv").exists():
+            outcomes[r.key] = RunOutcome(r.key, share(source, run_dir), False, shared_from=source)
+            log(f"  {r.key}: shares {source} (same configuration, finished)")
+        elif r.key in same and not (run_dir / "results.csv").exists():
+            continue  # shared once its twin has finished, below
+        else:
+            jobs.append((r, configs[r.key], data, mr, run_dir))
     slots = [d for d in devices for _ in range(int(runs_per_device))]
     if len(slots) == 1:
         for k, job in enumerate(jobs, start=1):
@@ -162,12 +184,23 @@ def run_study(
             except CmedlError as exc:
                 log(f"error: {job[0].key}: {exc}")
                 outcomes[job[0].key] = RunOutcome(job[0].key, None, False, str(exc))
-        return outcomes
-    shares = [jobs[i::len(slots)] for i in range(len(slots))]
-    with ProcessPoolExecutor(len(slots), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, share, dev) for share, dev in zip(shares, slots) if share]
-        for fut in futures:
-            for outcome in fut.result():
-                outcomes[outcome.key] = outcome
-                log(f"{outcome.key}: {'failed: ' + outcome.error if outcome.error else 'done'}")
+    else:
+        shares = [jobs[i::len(slots)] for i in range(len(slots))]
+        with ProcessPoolExecutor(len(slots), mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_worker, part, dev) for part, dev in zip(shares, slots) if part]
+            for fut in futures:
+                for outcome in fut.result():
+                    outcomes[outcome.key] = outcome
+                    log(f"{outcome.key}: {'failed: ' + outcome.error if outcome.error else 'done'}")
+    for key, first in same.items():
+        if key in outcomes:
+            continue
+        done = outcomes.get(first)
+        source = done.shared_from if done is not None and done.shared_from is not None else out / "runs" / first
+        if done is None or done.results is None:
+            why = done.error if done is not None and done.error else "it did not finish"
+            outcomes[key] = RunOutcome(key, None, False, f"same configuration as {first}, which failed: {why}")
+            continue
+        outcomes[key] = RunOutcome(key, share(source, out / "runs" / key), False, shared_from=source)
+        log(f"  {key}: shares {first} (same configuration)")
     return outcomes

@@ -32,6 +32,7 @@ from cmedl.io import atomic_path
 from cmedl.io.outputs import writing
 from cmedl.methods import get_method
 from cmedl.study.quality import pmri_histogram_kl
+from cmedl.study.sharing import source_of
 from cmedl.study.spec import FamilySpec, StudySpec
 
 TABLE_METRICS = ("dsc", "sdsc", "hd95", "f1")
@@ -130,7 +131,8 @@ def _translation_quality(spec: StudySpec, out: Path, data: Path, mr_data: Path |
     rows = []
     for run in spec.runs():
         run_dir = out / "runs" / run.key
-        if "ct2mr" not in get_method(run.method).translators or not (run_dir / "DONE").exists() or not mr_paths:
+        trained_in = source_of(run_dir)  # a shared run's networks are in the folder that trained it
+        if "ct2mr" not in get_method(run.method).translators or not (trained_in / "DONE").exists() or not mr_paths:
             continue
         cache = run_dir / "pmri_kl.json"
         if cache.exists():
@@ -138,7 +140,7 @@ def _translation_quality(spec: StudySpec, out: Path, data: Path, mr_data: Path |
         else:
             cfg_modality = "cbct" if manifest.select(split="test", modality="cbct") else "ct"
             tests = [manifest.image_path(c) for c in manifest.select(split="test", modality=cfg_modality)]
-            kl = pmri_histogram_kl(run_dir / "best.pt", tests, mr_paths)
+            kl = pmri_histogram_kl(trained_in / "best.pt", tests, mr_paths)
             with writing(cache), atomic_path(cache) as tmp:
                 tmp.write_text(json.dumps({"kl": kl}) + "\n")
         rows.append((run.family, run.name, run.seed, kl))
