@@ -166,14 +166,15 @@ def run_study(
     for r in runs:
         run_dir = out / "runs" / r.key
         source = elsewhere.get(config_signature(configs[r.key]))
-        if (run_dir / SHARED_FROM).exists() and (run_dir / "results.csv").exists():
-            outcomes[r.key] = RunOutcome(r.key, run_dir / "results.csv", False, shared_from=source_of(run_dir))
-        elif source is not None and not (run_dir / "results.csv").exists():
+        if (run_dir / "results.csv").exists():  # finished: run_one skips it, a shared one is kept as it is
+            if (run_dir / SHARED_FROM).exists():
+                outcomes[r.key] = RunOutcome(r.key, run_dir / "results.csv", False, shared_from=source_of(run_dir))
+            else:
+                jobs.append((r, configs[r.key], data, mr, run_dir))
+        elif source is not None:
             outcomes[r.key] = RunOutcome(r.key, share(source, run_dir), False, shared_from=source)
             log(f"  {r.key}: shares {source} (same configuration, finished)")
-        elif r.key in same and not (run_dir / "results.csv").exists():
-            continue  # shared once its twin has finished, below
-        else:
+        elif r.key not in same:  # a repeat is shared once its twin has finished, below
             jobs.append((r, configs[r.key], data, mr, run_dir))
     slots = [d for d in devices for _ in range(int(runs_per_device))]
     if len(slots) == 1:
