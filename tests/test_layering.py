@@ -1,6 +1,7 @@
 """The package's import graph: no import cycle (function-local imports count), layers point one way
-(io -> data -> config -> nets/losses -> methods -> training -> inference -> evaluation -> demo -> cli),
-and function-local imports only where a one-line ``# lazy:`` reason says why."""
+(errors/devices -> io -> data -> config -> nets/losses -> methods -> training -> inference -> evaluation
+-> study -> report -> demo -> cli/__main__), and function-local imports only where a one-line ``# lazy:``
+reason says why."""
 
 from __future__ import annotations
 

@@ -112,7 +112,8 @@ def segment_cmd(
         ),
     ] = False,
 ) -> None:
-    """Segment lung tumours with the student network of a checkpoint; masks keep the input geometry.
+    """Segment lung tumours with a checkpoint's test-time recipe (the student alone, or translator + segmenter where
+    the method has one; --recipe chooses another method's); masks keep the input geometry.
 
     Finished cases (all their outputs present) are skipped on a rerun unless --overwrite; a failing case is reported on one line and the others go on (exit status 1 at the end)."""
     from cmedl.errors import InputError  # lazy: as below

@@ -23,8 +23,10 @@ def train_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (or its folder) with the CT/CBCT cases.")],
     config: Annotated[str, typer.Option(
         "--config", "-c",
-        help="Preset name (cpu-demo, paper-ct, paper-cbct, paper-ct-densefcn57, paper-ct-mrrn, paper-cbct-unet3d) "
-             "or YAML file.",
+        # the presets are the files of cmedl.config.PRESET_DIR, listed without importing the library (fast --help)
+        help="Preset name ("
+             + ", ".join(sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+             + ") or YAML file.",
     )] = "cpu-demo",
     mr_data: Annotated[Path | None, typer.Option(
         "--mr-data", help="Separate manifest of MRI cases (default: the MRI cases of --data).")] = None,

@@ -2,7 +2,9 @@
 
 Names: ``unet`` (:class:`cmedl.nets.unet.UNet2D`), ``densefcn57``
 (:class:`cmedl.nets.densefcn.DenseFCN57`), ``mrrn`` (:class:`cmedl.nets.mrrn.MRRN`) for 2D slices,
-and ``unet3d`` (:class:`cmedl.nets.unet3d.UNet3D`, ``dims = 3``) for 3D patches. Every class has
+and ``unet3d`` (:class:`cmedl.nets.unet3d.UNet3D`, ``dims = 3``) for 3D patches; the teacher-student
+paper's 3D U-Nets ``ts-unet3d`` (students), ``ts-unet3d-teacher`` and ``ts-unet3d-do`` (dual output)
+(:mod:`cmedl.nets.ts_unet3d`). Every class has
 ``name``, ``dims`` and ``stride`` attributes and ``forward(x, return_features=False)``.
 """
 
@@ -46,7 +48,8 @@ def segmentation_net_class(name: str) -> type[SegmentationNet]:
 
 
 def default_base_width(name: str) -> int:
-    """The papers' width of network ``name`` (U-Net 64, DenseFCN57 growth 12, MRRN 64, 3D U-Net 32)."""
+    """The papers' width of network ``name`` (U-Net 64, DenseFCN57 growth 12, MRRN 64, 3D U-Net 32,
+    teacher-student 3D U-Nets 16)."""
     segmentation_net_class(name)
     return _NETS[name][2]
 

@@ -11,8 +11,9 @@ checkpoints, logs) and goes through three stages, each recorded so that a rerun 
 A run whose configuration equals an earlier run's (of this study, or a finished run of the study
 folders given as ``reuse``) is not trained again but shared (:mod:`cmedl.study.sharing`).
 
-On one device the runs go one after another. With several devices (``devices=["cuda:0", "cuda:1"]``)
-the runs are dealt round-robin to one worker process per device (``runs_per_device`` workers each). The study's description (runs and
+On one device with ``runs_per_device=1`` the runs go one after another. Otherwise (several devices,
+``devices=["cuda:0", "cuda:1"]``, or several runs at once on one GPU) the runs are dealt round-robin to
+``runs_per_device`` worker processes per device. The study's description (runs and
 their overrides) is recorded in ``study.json``; a folder made by another study is refused.
 """
 

@@ -4,7 +4,7 @@ Format ``cmedl-checkpoint/1`` (keys are stable; readers must ignore keys they do
 
     {
       "format": "cmedl-checkpoint/1",
-      "method": "cmedl" | "ct-only",
+      "method": a registered method name ("cmedl", "ct-only", ...),
       "config": plain nested dict of the full TrainConfig,
       "preprocess": {"student": PreprocessConfig dict, "mr": PreprocessConfig dict or None,
                      "ts": TSPreprocessConfig dict (teacher-student paper pipeline only)},
