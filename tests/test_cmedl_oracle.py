@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cmedl.data.batches import BatchKind
+from cmedl.data.manifest import Manifest
+from cmedl.inference.segment import segment_files, segment_volume
+from cmedl.io.volume import read_volume
 from cmedl.methods import build_method, load_config
-from cmedl.training import train
+from cmedl.methods.checkpoints import build_test_time_model, load_networks
+from cmedl.training import load_checkpoint, train
 from cmedl.training.data import build_training_data
 
 P = 32
@@ -74,7 +79,7 @@ def test_oracle_without_the_paired_mri_says_what_it_needs():
     oracle = build_method(tiny("cmedl-oracle"), "cpu")
     batch = _batch()
     del batch["ct_paired_mr"]
-    with pytest.raises(KeyError, match="ct_paired_mr"):
+    with pytest.raises(KeyError, match="cmedl-oracle needs batches with 'ct_paired_mr'"):
         oracle.forward_losses(batch)
 
 
@@ -97,6 +102,16 @@ def test_oracle_trains_end_to_end_and_its_checkpoint_segments_like_cmedl(oracle_
     assert {"student_ct", "teacher_mr", "g_ct2mr"} <= set(ckpt["networks"])
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert "seg_pmri" in log[0] and "hint" in log[0] and len(log) >= 2
+    # at test time only the student runs on the CT, as for cmedl: segment gives its probabilities
+    model, pp, _ = build_test_time_model(load_checkpoint(result.last_checkpoint), result.last_checkpoint)
+    assert model.recipe.networks == ("student_ct",) and model.recipe.translator is None
+    case = next(c for c in Manifest.load(oracle_phantom).cases if c.modality == "ct")
+    image = Manifest.load(oracle_phantom).image_path(case)
+    segment_files(result.last_checkpoint, [image], tmp_path / "seg", probabilities=True, progress=False)
+    student = load_networks(load_checkpoint(result.last_checkpoint), ("student_ct",))["student_ct"]
+    direct = segment_volume(read_volume(image), student, pp, return_probabilities=True).probabilities.array
+    got = read_volume(tmp_path / "seg" / f"{case.id}_prob.nii.gz").array
+    assert np.allclose(got, direct, atol=1e-5)
 
 
 def test_oracle_on_a_cohort_without_paired_mri_is_a_one_line_error(tmp_path: Path):

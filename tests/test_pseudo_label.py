@@ -123,9 +123,8 @@ def test_student_segments_whole_volume_on_the_input_grid(cohort, tmp_path):
     image, mask = read_volume(m.image_path(case)), read_volume(written[0])
     assert mask.shape == image.shape and mask.spacing == image.spacing and mask.origin == image.origin
     assert mask.direction == image.direction
-    assert mask.array.any()  # a "tumour everywhere" student segments the (body-cropped) volume
-    filtered = segment_files(model, [m.image_path(case)], tmp_path / "seg_lung", progress=False, lung_filter=True)
-    assert read_volume(filtered[0]).array.sum() <= mask.array.sum()
+    assert mask.array.any()  # a "tumour everywhere" student segments its lung crops
+    # the lung filter's known answer: tests/test_ts_segment.py::test_lung_filter_drops_components_away_from_the_lungs
 
 
 def test_segment_refuses_a_teacher(cohort, tmp_path):

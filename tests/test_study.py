@@ -124,3 +124,34 @@ def test_study_end_to_end_resumes_and_writes_tables(tmp_path):
     res = CliRunner().invoke(app, ["study", str(study), "--data", str(manifest), "--out", str(out), "--tables-only"])
     assert res.exit_code == 0, res.output
     assert "methods" in res.output
+
+
+def test_tables_average_each_case_over_seeds_before_comparing(tmp_path):
+    """Known answer: per case the seeds' DSCs are averaged, then the table takes mean and paired difference
+    of those averages; each seed's own mean is listed under the table."""
+    from cmedl.data.manifest import Case, Manifest
+    from cmedl.evaluation.results_csv import write_results_csv
+
+    cases = [Case(id=f"c{i}", patient_id=f"p{i}", modality="ct", image=f"c{i}.nii.gz", label=f"c{i}_l.nii.gz",
+                  split="test", tumour_kind="lung" if i < 3 else "mediastinal") for i in range(6)]
+    Manifest(cases, name="fake").save(tmp_path / "manifest.json")
+    spec = parse_study({"name": "s", "config": "cpu-demo", "seeds": [0, 1], "families": {"methods": {
+        "reference": "ct-only", "runs": {"ct-only": {"method": "ct-only"}, "cmedl": {"method": "cmedl"}}}}})
+    dsc = {("ct-only", 0): [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ("ct-only", 1): [0.3, 0.2, 0.1, 0.0, 0.1, 0.2],
+           ("cmedl", 0): [0.5, 0.6, 0.7, 0.8, 0.9, 1.0], ("cmedl", 1): [0.5, 0.4, 0.3, 0.2, 0.3, 0.2]}
+    for (run, seed), values in dsc.items():
+        rows = [{"case_id": c.id, "modality": "ct", "tumour_kind": c.tumour_kind, "dsc": v, "sdsc": v,
+                 "hd95": 10 * (1 - v), "f1": 1.0} for c, v in zip(cases, values)]
+        path = tmp_path / "out" / "runs" / "methods" / run / f"seed{seed}" / "results.csv"
+        path.parent.mkdir(parents=True)
+        write_results_csv(rows, path)
+    text = write_tables(spec, tmp_path / "out", tmp_path / "manifest.json")
+    table = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "tables" / "methods.csv").open())}
+    ct_avg = [(a + b) / 2 for a, b in zip(dsc["ct-only", 0], dsc["ct-only", 1])]
+    cm_avg = [(a + b) / 2 for a, b in zip(dsc["cmedl", 0], dsc["cmedl", 1])]
+    assert float(table["ct-only"]["dsc_mean"]) == pytest.approx(sum(ct_avg) / 6)
+    assert float(table["cmedl"]["dsc_mean"]) == pytest.approx(sum(cm_avg) / 6)
+    assert float(table["cmedl"]["difference"]) == pytest.approx((sum(cm_avg) - sum(ct_avg)) / 6)  # 0.25
+    lung = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "tables" / "methods.lung.csv").open())}
+    assert float(lung["cmedl"]["dsc_mean"]) == pytest.approx(sum(cm_avg[:3]) / 3) and lung["cmedl"]["n"] == "3"
+    assert "cmedl: mean DSC per seed 0.750, 0.317" in text  # (0.5+...+1.0)/6 and (0.5+...+0.2)/6

@@ -326,9 +326,18 @@ def test_trainer_checkpoint_translates_and_segments(name: str, phantom: Path, tm
     cases = json.loads(phantom.read_text())["cases"]
     test_ct = next(phantom.parent / c["image"] for c in cases if c["split"] == "test" and c["modality"] == "ct")
     [pmri] = translate_files(r.best_checkpoint, [test_ct], tmp_path / "pmri", progress=False)
-    [mask] = segment_files(r.best_checkpoint, [test_ct], tmp_path / "seg", progress=False)
+    [mask] = segment_files(r.best_checkpoint, [test_ct], tmp_path / "seg", progress=False, probabilities=True)
     ref, pm, mk = read_volume(test_ct), read_volume(pmri), read_volume(mask)
     for out in (pm, mk):
         assert out.array.shape == ref.array.shape and out.spacing == pytest.approx(ref.spacing)
     assert np.isfinite(pm.array).all() and pm.array.min() >= -1 and pm.array.max() <= 1 and pm.array.std() > 0
     assert set(np.unique(mk.array)) <= {0, 1}
+    # the student alone segments at test time: the written probabilities are its own on the CT
+    from cmedl.inference.segment import segment_volume
+    from cmedl.methods.checkpoints import build_test_time_model
+
+    model, spp, _ = build_test_time_model(ckpt, r.best_checkpoint)
+    assert model.recipe.networks == ("student_ct",)
+    direct = segment_volume(ref, model, spp, return_probabilities=True).probabilities.array
+    prob = read_volume(tmp_path / "seg" / f"{Path(mask).name.removesuffix('.nii.gz')}_prob.nii.gz").array
+    assert np.allclose(prob, direct, atol=1e-5)

@@ -191,7 +191,20 @@ def test_students_train_on_lung_crops_and_validate_on_their_union(cohort):
         assert unit.cached.image.shape[0] <= 48 and unit.cached.image.shape[1] < 128  # a crop of the resampled grid
         assert unit.box.shape == unit.cached.label.shape == unit.cached.image.shape
         assert bool((unit.box >= unit.cached.label).all())
-    # the patches come from the crops: their tumour voxels are those of the crops
+    # each unit is its lung crop of the resampled, z-scored case: same voxels, same tumour voxels
+    from cmedl.data.ts_preprocess import student_crops, ts_prepare
+    from cmedl.io.volume import read_volume
+    from cmedl.methods.ts_common import ts_preprocess_of
+
+    ts = ts_preprocess_of(tiny_config("ts-baseline"), teacher=False)
+    case = next(c for c in cohort.cases if c.id == "ct_P001")
+    prep = ts_prepare(read_volume(cohort.image_path(case)), ts, label=read_volume(cohort.label_path(case)),
+                      lungs=True)
+    crops = student_crops(prep, ts)
+    assert [f"ct_P001:lung{c.lung}" for c in crops] == [u.case_id for u in units[:2]]
+    for crop, unit in zip(crops, units[:2]):
+        assert np.array_equal(unit.cached.image, prep.image.array[crop.box])
+        assert int(unit.cached.label.sum()) == int(prep.label.array[crop.box].sum())
     assert sum(int(u.cached.label.sum()) for u in units) > 0
     val = data.val_cache.cases  # whole cases: the bounding box of their lung crops
     assert [c.case_id for c in val] == [c.id for c in cohort.cases if c.split == "val" and c.label is not None]

@@ -48,7 +48,8 @@ def test_dual_output_head_shapes_and_branches():
     # both heads start at the 5 % prior
     with torch.no_grad():
         p = torch.sigmoid(net.box_decoder.head.bias)
-    assert float(p) == pytest.approx(0.05, abs=1e-6)
+        q = torch.sigmoid(net.decoder.head.bias)
+    assert float(p) == pytest.approx(0.05, abs=1e-6) and float(q) == pytest.approx(0.05, abs=1e-6)
 
 
 def test_any_patch_size_is_padded_and_cropped_back():

@@ -86,7 +86,19 @@ def test_teacher_crop_is_centred_on_the_tumour_and_padded():
     assert win.shape == (16, 16, 16) and win.sum() == prep.label.array.sum()  # the whole tumour inside
     big = teacher_crop(prep, TSPreprocessConfig(teacher_crop=(32, 32, 32)))
     padded = big.extract(prep.image.array, prep.background)
-    assert padded.shape == (32, 32, 32) and np.isclose(padded.min(), prep.background)
+    assert padded.shape == (32, 32, 32)
+    # known answer: voxels of the window inside the image are the image's, the rest the background value
+    image = prep.image.array
+    inside = np.zeros(padded.shape, bool)
+    src, dst = [], []
+    for start, n in zip(big.starts, image.shape):
+        lo, hi = max(start, 0), min(start + 32, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    inside[tuple(dst)] = True
+    assert (~inside).sum() == 32**3 - np.prod([s.stop - s.start for s in src]) > 0
+    assert np.array_equal(padded[tuple(dst)], image[tuple(src)])
+    assert np.all(padded[~inside] == prep.background) and prep.background < image.min() + 1e-6
     with pytest.raises(GeometryError, match="no tumour"):
         teacher_crop(ts_prepare(ct), cfg)
 

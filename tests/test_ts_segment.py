@@ -22,6 +22,7 @@ from cmedl.inference.ts_segment import ts_preprocess_of_checkpoint
 from cmedl.io import Volume
 from cmedl.io.volume import read_volume
 from cmedl.methods import load_config
+from cmedl.methods.checkpoints import build_test_time_model
 from cmedl.methods.ts_common import ts_preprocess_of
 from cmedl.training import load_checkpoint, train
 
@@ -82,6 +83,35 @@ def test_student_mask_lands_on_the_input_grid_at_the_tumour():
     assert probs.min() >= 0.0 and probs.max() <= 1.0 and np.median(probs[tumour]) > 0.95
 
 
+class WindowThreshold(nn.Module):
+    """A 3D student on the legacy working grid (HU window [-1000, 500] -> [-1, 1]) whose logit is positive
+    above 200 HU (working value 0.6)."""
+
+    dims = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(50.0)
+            self.conv.bias.fill_(-30.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_lung_filter_drops_components_away_from_the_lungs():
+    """Known answer: without the filter both 300 HU blobs are segmented; with it the blob 39 mm above the
+    lungs (beyond the 5 mm margin) goes and the tumour in the lung stays."""
+    ct, tumour, outside = _ct()
+    kw = dict(patch_size=(16, 32, 32))
+    plain = segment_volume(ct, WindowThreshold(), PreprocessConfig(), **kw).mask.array != 0
+    assert plain[outside].mean() > 0.9 and plain[tumour].mean() > 0.9
+    kept = segment_volume(ct, WindowThreshold(), PreprocessConfig(), lung_filter=True, **kw).mask.array != 0
+    assert not kept[outside].any()
+    assert kept[tumour].mean() > 0.9
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tsseg_phantom")
@@ -109,14 +139,28 @@ def test_checkpoint_holds_the_preprocessing_and_segment_applies_it(cohort, tmp_p
     assert ts_preprocess_of_checkpoint(ckpt) == ts and ckpt["preprocess"]["student"]["modality"] == "ct"
     m = Manifest.load(cohort)
     case = next(c for c in m.cases if c.split == "test")
-    written = segment_files(best, [m.image_path(case)], tmp_path / "seg", progress=False)
+    written = segment_files(best, [m.image_path(case)], tmp_path / "seg", progress=False, probabilities=True)
     image, mask = read_volume(m.image_path(case)), read_volume(written[0])
     assert mask.same_geometry(image) and mask.direction == image.direction and mask.array.dtype == np.uint8
+    # the stored paper pipeline is what segment applies: same probabilities as segment_volume with it,
+    # not those of the working grid
+    prob = read_volume(tmp_path / "seg" / f"{case.id}_prob.nii.gz").array
+    student, pp, patch = _student_of(best, ckpt)
+    direct = segment_volume(image, student, pp, patch_size=patch, ts_preprocess=ts, return_probabilities=True)
+    assert np.allclose(prob, direct.probabilities.array, atol=1e-5)
+    working = segment_volume(image, student, pp, patch_size=patch, return_probabilities=True)
+    assert not np.allclose(prob, working.probabilities.array, atol=1e-3)
     # legacy switch: no ts preprocessing stored, the working grid is used
     legacy, _ = _run(tmp_path, cohort, "legacy", "ts-baseline.pipeline=legacy")
     assert "ts" not in load_checkpoint(legacy)["preprocess"]
     assert read_volume(segment_files(legacy, [m.image_path(case)], tmp_path / "seg_l", progress=False)[0]
                        ).same_geometry(image)
+
+
+def _student_of(path: Path, ckpt: dict):
+    """The checkpoint's student as `cmedl segment` composes it, its working-grid preprocessing and window."""
+    model, pp, config = build_test_time_model(ckpt, source=path)
+    return model, pp, tuple(config.data.patch_size_3d)
 
 
 def test_invalid_stored_preprocessing_is_one_line_error():
