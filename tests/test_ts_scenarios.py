@@ -24,18 +24,34 @@ def test_scenarios_run_and_print_tables(tmp_path, capsys):
             "--set", "data.patch_size_3d=[16,32,32]", "--set", "data.val_samples=2"]
     results = module.main(args)
     assert [r["scenario"]["name"] for r in results] == ["vast", "scarce"]
+    from cmedl.data.manifest import Manifest
+    from cmedl.evaluation.metrics import dice
+    from cmedl.io.volume import read_volume
+
     for res in results:
+        name = res["scenario"]["name"]
         assert set(res["teachers"]) == {"box-teacher", "point-teacher"}
-        assert all(0.0 <= d <= 1.0 for d in res["teachers"]["box-teacher"])
+        assert all(len(res["teachers"][t]) == 2 for t in res["teachers"])  # one DSC per test case
         assert len(res["pseudo_label_dsc"]) == res["scenario"]["box"]
+        assert all(v > 0 and math.isfinite(v) for v in res["train_seconds"].values())  # every run trained
+        m = Manifest.load(tmp_path / name / "data" / "manifest.json")
+        tests = sorted(c.id for c in m.cases if c.split == "test")
         for student in ("ts-baseline", "ts-student", "ts-student-do"):
             rows = res["students"][student]
-            assert len(rows["dsc"]) == 2 and all(0.0 <= d <= 1.0 for d in rows["dsc"])
-            assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in rows["f1"])
+            # the table's DSC is the DSC of the mask the student wrote for each test case
+            pred = tmp_path / name / "pred" / student
+            assert sorted(f.name.removesuffix(".nii.gz") for f in pred.glob("*.nii.gz")) == tests
+            expected = [dice(read_volume(pred / f"{cid}.nii.gz").array != 0,
+                             read_volume(m.label_path(next(c for c in m.cases if c.id == cid))).array != 0)
+                        for cid in tests]
+            assert sorted(rows["dsc"]) == pytest.approx(sorted(expected))
+            assert len(rows["f1"]) == 2
     pseudo = tmp_path / "scarce" / "pseudo" / "manifest.json"
     assert pseudo.exists() and '"label_source": "pseudo"' in pseudo.read_text()
     out = capsys.readouterr().out
-    assert "| Box guided |" in out and "| DO Student |" in out
-    # a rerun reuses every finished run and prints the same tables
+    assert "| Box guided |" in out and "| DO Student |" in out and "reused runs" not in out
+    # a rerun trains nothing (every run finished) and prints the same tables
     again = module.main(args)
+    assert all(math.isnan(v) for res in again for v in res["train_seconds"].values())
     assert again[0]["students"]["ts-student"]["dsc"] == results[0]["students"]["ts-student"]["dsc"]
+    assert "training time: reused runs" in capsys.readouterr().out
