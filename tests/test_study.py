@@ -155,3 +155,20 @@ def test_tables_average_each_case_over_seeds_before_comparing(tmp_path):
     lung = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "tables" / "methods.lung.csv").open())}
     assert float(lung["cmedl"]["dsc_mean"]) == pytest.approx(sum(cm_avg[:3]) / 3) and lung["cmedl"]["n"] == "3"
     assert "cmedl: mean DSC per seed 0.750, 0.317" in text  # (0.5+...+1.0)/6 and (0.5+...+0.2)/6
+
+
+def test_tables_only_refuses_another_studys_folder_and_writes_nothing(tmp_path):
+    from cmedl.data.manifest import Case, Manifest
+
+    Manifest([Case(id="c0", patient_id="p0", modality="ct", image="c0.nii.gz", label="c0_l.nii.gz", split="test")],
+             name="fake").save(tmp_path / "manifest.json")
+    folder = tmp_path / "t3"
+    (folder / "tables").mkdir(parents=True)
+    (folder / "study.json").write_text('{"name": "table3", "config": "cpu-demo", "extra_overrides": [], "runs": {}}')
+    (folder / "tables" / "summary.txt").write_text("table3's tables")
+    args = ["study", "table2", "--data", str(tmp_path / "manifest.json"), "--config", "cpu-demo", "--tables-only"]
+    res = CliRunner().invoke(app, [*args, "--out", str(folder)])
+    assert res.exit_code == 1 and "holds another study" in res.output and str(folder / "study.json") in res.output
+    assert (folder / "tables" / "summary.txt").read_text() == "table3's tables"
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "empty")])  # no study there at all
+    assert res.exit_code == 1 and "no study here" in res.output and not (tmp_path / "empty").exists()

@@ -66,6 +66,7 @@ def study_cmd(
     each run's test split once, and write the papers' tables. Rerunning continues an interrupted study;
     a run with the same configuration as an earlier one (here or in a --reuse folder) is trained once."""
     from cmedl.study import load_study, run_study, write_tables  # lazy: fast `cmedl --help`
+    from cmedl.study.runner import check_study_folder
 
     spec = load_study(study)
     if config is not None:
@@ -82,7 +83,8 @@ def study_cmd(
         outcomes = run_study(spec, data, out, mr_data=mr_data, devices=device_list,
                              runs_per_device=runs_per_device, overrides=extra, reuse=reuse or [],
                              log=console.print)
-    else:
+    else:  # the tables of this very study only: never write them into another study's folder
+        check_study_folder(out, spec, extra, record_study=False)
         outcomes = {}
     console.print(write_tables(spec, out, data, mr_data))
     failed = [o for o in outcomes.values() if o.error]

@@ -105,11 +105,15 @@ def _worker(jobs: list[tuple[RunSpec, TrainConfig, Path, Path | None, Path]], de
     return out
 
 
-def check_study_folder(out: Path, spec: StudySpec, extra: Sequence[str]) -> None:
-    """Record the study in ``study.json``; refuse a folder holding another study's runs."""
+def check_study_folder(out: Path, spec: StudySpec, extra: Sequence[str], record_study: bool = True) -> None:
+    """Record the study in ``study.json``; refuse a folder holding another study's runs. With
+    ``record_study=False`` (rewriting tables only) nothing is written and a folder without a study is
+    refused too."""
     record = {"name": spec.name, "config": spec.config, "extra_overrides": list(extra),
               "runs": {r.key: [r.method, *r.overrides] for r in spec.runs()}}
-    path = out / "study.json"
+    path = Path(out) / "study.json"
+    if not record_study and not path.exists():
+        raise InputError(f"no study here (no study.json): run `cmedl study {spec.name}` on this folder first", out)
     if path.exists():
         try:
             old = json.loads(path.read_text())
@@ -123,6 +127,8 @@ def check_study_folder(out: Path, spec: StudySpec, extra: Sequence[str]) -> None
         if clash:
             raise InputError(f"run {clash[0]} was made with other settings; use a new --out folder", path)
         record["runs"] = {**old.get("runs", {}), **record["runs"]}
+    if not record_study:
+        return
     with writing(path), atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
 
