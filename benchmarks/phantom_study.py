@@ -2,7 +2,7 @@
 there is none?
 
 Cohorts (each its own phantom, never the demo's): the *cue* cohort (one 20-50 mm tumour per patient,
-balanced lung / mediastinal / chest-wall kinds, tumour +15-25 HU above the soft tissue it abuts) and
+balanced lung / mediastinal / chest-wall kinds, tumour +20-30 HU above the soft tissue it abuts) and
 the *control* (random-sign 0-12 HU: no consistent CT cue). Arms: ct-only, cmedl and, when registered,
 ``cmedl-oracle`` (CMEDL whose teacher sees the patient's own MRI on the CT grid instead of pMRI: an upper
 bound). Every arm runs with the same preset and steps for every seed; each (cohort, arm, seed) is one run

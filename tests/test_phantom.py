@@ -259,7 +259,7 @@ def test_box_only_share_zero_leaves_the_phantom_unchanged(tmp_path):
     from cmedl.data.phantom.options import PhantomOptions
 
     m = generate_cohort(tmp_path / "c", 3, 0, 1, seed=5, shape=(8, 32, 32), workers=1,
-                        options=PhantomOptions(box_only_share=0.0))
+                        options=PhantomOptions(box_only_share=0.0, ct_cue_hu=(15, 25)))  # the defaults of then
     man, arrays, files = _cohort_digest(m)
     assert (man, arrays) == (_GOLDEN_MANIFEST, _GOLDEN_ARRAYS)
     assert not any(f.startswith("boxes/") for f in files)

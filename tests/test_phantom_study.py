@@ -56,7 +56,7 @@ def test_cue_has_one_sign_and_the_control_a_random_one():
     for k in range(9):
         case, anat = generate_case("ct", k, 0, GRID, return_anatomy=True)
         off = anat.patient.ct_tumour_offset_hu
-        assert 15.0 <= off <= 25.0
+        assert 20.0 <= off <= 30.0
         cue_offsets.append(off)
         # without blur, the tumour's mean HU is its abutting tissue's plus the offset (+ texture)
         tumour = anat.labels == Tissue.TUMOUR
@@ -87,7 +87,7 @@ def test_cue_auc_is_weak_but_learnable_and_absent_in_the_control():
                 pooled[name].append(separation_auc(case.image.array, a, b))
     cue, ctl = float(np.mean(pooled["cue"])), float(np.mean(pooled["control"]))
     assert len(pooled["cue"]) >= 5
-    assert 0.62 <= cue <= 0.88, pooled["cue"]
+    assert 0.70 <= cue <= 0.85, pooled["cue"]
     assert 0.3 <= ctl <= 0.6 and cue - ctl > 0.12, (cue, ctl)
 
 

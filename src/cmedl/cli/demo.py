@@ -18,7 +18,7 @@ def demo_command(
     config: str = typer.Option(None, "--config", help="Training preset name or YAML file for both methods "
                                "(default: cpu-demo, or cpu-demo-cbct with --modality cbct)."),
     modality: str = typer.Option("ct", "--modality", help="Student modality: ct, or cbct (the CBCT paper's setting)."),
-    cohort: str = typer.Option("cue", "--cohort", help="cue (a weak, consistent +15-25 HU CT tumour cue) or "
+    cohort: str = typer.Option("cue", "--cohort", help="cue (a weak, consistent +20-30 HU CT tumour cue) or "
                                "control (random-sign 0-12 HU: no consistent cue)."),
     n_ct: int = typer.Option(72, "--ct", help="Phantom CT (or CBCT) patients: 42 % train, 16 % val, 42 % test."),
     n_mr: int = typer.Option(20, "--mr", help="Phantom MRI patients (different patients from the CTs)."),

@@ -4,7 +4,7 @@ Steps (each writes under ``out_dir``):
 
 1. ``phantom/``      an unpaired cohort (:mod:`cmedl.data.phantom`): CT (or CBCT) patients and *other*
                      MRI patients, split by patient; by default the *cue cohort* (one 20-50 mm tumour per
-                     patient, balanced lung / mediastinal / chest-wall kinds, a weak consistent +15-25 HU
+                     patient, balanced lung / mediastinal / chest-wall kinds, a weak consistent +20-30 HU
                      CT cue), or the negative *control* (random-sign 0-12 HU, ``cohort="control"``).
 2. ``ct-only/``      the CT-only baseline (the student trained alone) with the demo preset.
 3. ``cmedl/``        CMEDL (CycleGAN + contextual loss, MRI teacher, CT student, hint loss), same preset
@@ -168,13 +168,25 @@ def run_demo(
     log(tables.text)
     if diagnostics is not None:
         log("\n" + "\n".join(diagnostics.lines()))
-    log(f"\ndemo finished in {seconds / 60:.1f} min; results in {out}")
+    rss = peak_rss_gb()
+    log(f"\ndemo finished in {seconds / 60:.1f} min" + (f", peak RSS {rss:.2f} GB" if rss else "")
+        + f"; results in {out}")
     if report is not None:
         log(f"report: {report}")
     comp = tables.overall
     p = comp.p_values.get(methods[-1], float("nan"))
     summaries = {m: {k: float(v.mean) for k, v in comp.summaries.get(m, {}).items()} for m in comp.methods}
     return DemoResult(out, comp.to_text(), p, summaries, seconds, figure, tables, diagnostics, report)
+
+
+def peak_rss_gb() -> float | None:
+    """Peak resident memory of this process and its finished children (GB), None where unknown."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return kib / 1024**2  # Linux reports KiB
 
 
 def _write_report(out: Path, manifest: Manifest, test_cases: list[Case], seed: int,

@@ -7,7 +7,7 @@ spiculated tumour (20-50 mm by default) of a recorded kind: ``lung``, ``mediasti
 ``chest-wall`` (:mod:`.options`: sizes, kind mix, the CT cue, the paired oracle).
 A tissue label map (:mod:`.anatomy`) is rendered per modality:
 
-- :mod:`.ct`: HU calibrated on a real chest CT; the tumour is 15-25 HU brighter than the soft tissue
+- :mod:`.ct`: HU calibrated on a real chest CT; the tumour is 20-30 HU brighter than the soft tissue
   it abuts (the cue cohort; a weak, learnable cue against 18 HU noise), or within a random-sign
   +-12 HU of it in the negative control (``PhantomOptions.control()``: nearly invisible);
 - :mod:`.cbct`: CT plus scatter, cupping, streaks, rings, stronger noise and a limited FOV;

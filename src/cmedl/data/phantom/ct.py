@@ -16,7 +16,7 @@ noise             local SD ~13 HU in soft tissue and ~15 HU in fat on 2-mm avera
 
 The tumour is set relative to the soft tissue it abuts (mediastinum at 40 HU; chest-wall muscle at
 50 HU for a ``chest-wall`` tumour) by the patient's ``ct_tumour_offset_hu`` (:mod:`.options`): by
-default +15..25 HU in every patient (the *cue cohort*: a weak but consistent cue, per-voxel AUC ~0.75
+default +20..30 HU in every patient (the *cue cohort*: a weak but consistent cue, per-voxel AUC ~0.75
 against 18 HU noise), or a random-sign 0..12 HU in the negative control (the calibrated original: a
 boundary against the mediastinum that is below the noise, no consistent sign). Against lung (~900 HU
 lower) every tumour is obvious: the premise of CMEDL.
