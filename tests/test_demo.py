@@ -97,6 +97,8 @@ def test_demo_on_cbct_uses_the_cbct_preset(tmp_path):
 
     cfg = yaml.safe_load((out / "cmedl" / "config.yaml").read_text())
     assert cfg["data"]["modality"] == "cbct"
+    student = cfg["preprocessing"]["student"]  # standardised CBCT, not cpu-demo's CT window
+    assert student.get("clip_sd") == 1.0 and student.get("window") is None, student
 
 
 def test_demo_rejects_bad_modality_and_cohort(tmp_path):
