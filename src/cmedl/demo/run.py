@@ -30,6 +30,7 @@ A failed write (disk full) is one error line naming the file.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -183,10 +184,10 @@ def peak_rss_gb() -> float | None:
     """Peak resident memory of this process and its finished children (GB), None where unknown."""
     try:
         import resource
-    except ImportError:  # not on Windows
+    except ImportError:  # Windows has no resource module
         return None
-    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return kib / 1024**2  # Linux reports KiB
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)  # bytes on macOS, KiB on Linux
 
 
 def _write_report(out: Path, manifest: Manifest, test_cases: list[Case], seed: int,
