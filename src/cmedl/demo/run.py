@@ -52,6 +52,11 @@ from cmedl.methods import get_method, load_config
 from cmedl.report import build_report
 from cmedl.training import train
 
+try:
+    import resource
+except ImportError:  # Windows has no resource module
+    resource = None
+
 #: the papers' comparison: the CT-only baseline first (p-values are against it), then CMEDL
 DEMO_METHODS = ("ct-only", "cmedl")
 #: training preset per student modality
@@ -182,9 +187,7 @@ def run_demo(
 
 def peak_rss_gb() -> float | None:
     """Peak resident memory of this process and its finished children (GB), None where unknown."""
-    try:
-        import resource
-    except ImportError:  # Windows has no resource module
+    if resource is None:
         return None
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)  # bytes on macOS, KiB on Linux
