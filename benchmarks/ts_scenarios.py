@@ -77,8 +77,7 @@ def make_cohort(sc: Scenario, out: Path, shape: tuple[int, ...], seed: int) -> P
     return generate_cohort(out / "data", n_ct=sc.n, n_cbct=0, n_mr=0, seed=seed, shape=shape,
                            fractions=(train / sc.n, sc.val / sc.n, sc.test / sc.n),
                            options=PhantomOptions(box_only_share=sc.box / train,
-                                                  # the cue the published tables were measured on; with 20-30 HU
-                                                  # the tiny CPU teachers can diverge (NaN; open, issue 16)
+                                                  # the cue the README's scenario tables were measured on
                                                   ct_cue_hu=(15, 25)))
 
 
