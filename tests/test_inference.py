@@ -423,6 +423,46 @@ def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch):
         devices.resolve_precision("bf61", cpu)
 
 
+def test_3d_networks_avoid_cpu_bf16_when_its_conv3d_gradients_are_wrong(monkeypatch: pytest.MonkeyPatch):
+    import torch as _torch
+
+    from cmedl import devices
+    from cmedl.errors import ConfigError
+
+    cpu = _torch.device("cpu")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(devices, "cpu_bf16_conv3d_grads_ok", lambda: False)
+    assert devices.resolve_precision("auto", cpu, dims=3) == "fp32"
+    assert devices.resolve_precision("auto", cpu, dims=2) == "bf16"  # 2D convolutions are right
+    assert devices.resolve_precision("fp32", cpu, dims=3) == "fp32"
+    with pytest.raises(ConfigError, match="wrong bf16 conv3d weight gradients"):
+        devices.resolve_precision("bf16", cpu, dims=3)
+    monkeypatch.setattr(devices, "cpu_bf16_conv3d_grads_ok", lambda: True)
+    assert devices.resolve_precision("auto", cpu, dims=3) == "bf16"
+    assert devices.resolve_precision("bf16", cpu, dims=3) == "bf16"
+
+
+def test_conv3d_bf16_check_agrees_with_an_independent_measurement():
+    """The check's verdict (one layer, 32 channels, 2 x 4 x 4) matches a different layer of the same
+    kind (64 channels, 2 x 8 x 8, batch 2): both wrong on oneDNN 3.12 builds, both right elsewhere."""
+    import torch as _torch
+
+    from cmedl.devices import cpu_bf16_conv3d_grads_ok
+
+    gen = _torch.Generator().manual_seed(5)
+    x = _torch.randn(2, 64, 2, 8, 8, generator=gen)
+    w = _torch.randn(64, 64, 3, 3, 3, generator=gen) * 0.03
+    grads = []
+    for bf16 in (False, True):
+        weight = w.clone().requires_grad_()
+        with _torch.autocast("cpu", dtype=_torch.bfloat16, enabled=bf16):
+            y = _torch.nn.functional.conv3d(x, weight, None, 1, 1)
+        (y.float() * _torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads.append(weight.grad)
+    rel = float((grads[1] - grads[0]).norm() / grads[0].norm())
+    assert (rel < 0.05) == cpu_bf16_conv3d_grads_ok(), f"relative error of bf16 weight gradients {rel:.3g}"
+
+
 def test_keep_freed_host_memory_applies_on_glibc_only():
     import platform
 

@@ -27,11 +27,7 @@ def cohort(tmp_path_factory) -> Manifest:
     """8 CT cases of 24x48x48 voxels: 4 train (2 of them box-only), 2 val, 2 test; every case has boxes."""
     out = tmp_path_factory.mktemp("ts_phantom")
     path = generate_cohort(out, n_ct=8, n_cbct=0, n_mr=0, seed=3, shape=(24, 48, 48), workers=1,
-                           fractions=(0.5, 0.25, 0.25),
-                           # the cue these tests were tuned on. The tiny students (a 1x2x2 bottleneck at 16x32x32) can
-                           # hit NaN after a step depending on the process's history, at either cue (a known defect,
-                           # issue 16's note); this cohort and seed 0 passed in every CI so far
-                           options=PhantomOptions(box_only_share=0.5, ct_cue_hu=(15, 25)))
+                           fractions=(0.5, 0.25, 0.25), options=PhantomOptions(box_only_share=0.5))
     return Manifest.load(path)
 
 

@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cmedl.training.trainer import TrainingDiverged
-
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ts_scenarios.py"
 
 
-@pytest.mark.xfail(raises=TrainingDiverged, strict=False,
-                   reason="known defect (issue 16 note, 2026-12-03): the tiny 3D teachers (width 4, a 1x2x2 bottleneck) "
-                          "can go NaN after a few steps; reproduced at d492337, which passed CI before. Any other "
-                          "failure still fails this test.")
 def test_scenarios_run_and_print_tables(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("ts_scenarios", SCRIPT)
     module = importlib.util.module_from_spec(spec)

@@ -67,13 +67,51 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``fp32``/``bf16`` as given; ``auto``: ``bf16`` when :func:`native_bf16` says so, else ``fp32``."""
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_conv3d_grads_ok() -> bool:
+    """Whether CPU bf16 autocast gives right conv3d *weight* gradients on this PyTorch build.
+
+    PyTorch 2.13's oneDNN 3.12 does not: for bf16 3x3x3 convolutions on inputs two slices deep with
+    32 or more channels it returns wrong weight gradients on every call (measured 2026-12-03: relative
+    error 0.9 to 1e34 against fp32, sometimes inf/NaN, for 32-128 channels and in-plane sizes 2x2 to
+    16x16; depths 1 and 3-8, 2D convolutions, the forward pass and the input gradients are right).
+    Such layers are the bottlenecks of 3D U-Nets on 32-slice patches (``cpu-ts``: 2 x 4 x 4 x 128),
+    whose training then silently learns from garbage or diverges to NaN. Checked once per process on
+    that layer against fp32 (a few ms), so bf16 comes back by itself once the kernel is fixed.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 32, 2, 4, 4, generator=gen)
+    w = torch.randn(32, 32, 3, 3, 3, generator=gen) * 0.05
+    grad_out = torch.randn(1, 32, 2, 4, 4, generator=gen)
+    grads = []
+    for bf16 in (False, True):
+        weight = w.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = torch.nn.functional.conv3d(x, weight, None, 1, 1)
+        y.backward(grad_out.to(y.dtype))
+        grads.append(weight.grad)
+    ref, got = grads
+    ok = bool(torch.isfinite(got).all()) and float((got - ref).norm() / ref.norm()) < 0.05
+    if not ok:
+        logger.info("this PyTorch's CPU bf16 conv3d weight gradients are wrong (oneDNN); 3D networks train in fp32")
+    return ok
+
+
+def resolve_precision(precision: str, device: torch.device, dims: int = 2) -> str:
+    """``fp32``/``bf16`` as given; ``auto``: ``bf16`` when :func:`native_bf16` says so, else ``fp32``.
+
+    ``dims=3`` (3D networks) on a CPU whose bf16 conv3d gradients are wrong
+    (:func:`cpu_bf16_conv3d_grads_ok`): ``auto`` resolves to ``fp32`` and ``bf16`` is refused.
+    """
     if precision not in PRECISIONS:
         raise ConfigError(did_you_mean(precision, PRECISIONS, "precision"))
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
+    resolved = ("bf16" if native_bf16(device) else "fp32") if precision == "auto" else precision
+    if resolved == "bf16" and dims == 3 and device.type == "cpu" and not cpu_bf16_conv3d_grads_ok():
+        if precision == "bf16":
+            raise ConfigError("training.precision=bf16: this PyTorch computes wrong bf16 conv3d weight gradients on "
+                              "CPU (oneDNN, 2-slice-deep layers), so 3D networks cannot train in bf16 here; use fp32 or auto")
+        return "fp32"
+    return resolved
 
 
 # glibc mallopt() parameters (malloc.h)

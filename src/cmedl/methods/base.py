@@ -176,8 +176,8 @@ class Method(abc.ABC):
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
-        #: ``fp32`` or ``bf16``: ``training.precision`` with ``auto`` resolved for this device
-        self.precision = resolve_precision(config.training.precision, self.device)
+        #: ``fp32`` or ``bf16``: ``training.precision`` with ``auto`` resolved for this device and dims
+        self.precision = resolve_precision(config.training.precision, self.device, self.dims())
         self.networks: dict[str, nn.Module] = self.build_networks(config)
         self._finish_networks()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
