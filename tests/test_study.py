@@ -172,3 +172,28 @@ def test_tables_only_refuses_another_studys_folder_and_writes_nothing(tmp_path):
     assert (folder / "tables" / "summary.txt").read_text() == "table3's tables"
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "empty")])  # no study there at all
     assert res.exit_code == 1 and "no study here" in res.output and not (tmp_path / "empty").exists()
+
+
+def test_runs_segment_with_the_configs_component_filter(tmp_path, monkeypatch):
+    """The study scores each run with its preset's test-time recipe (cpu-demo: components < 1.5 ml dropped),
+    as `cmedl demo` does, so study tables and the demo agree."""
+    from cmedl.methods import load_config
+    from cmedl.study import runner as runner_mod
+    from cmedl.study.spec import RunSpec
+
+    manifest = generate_cohort(tmp_path / "data", 3, 0, 0, seed=3, shape=(8, 32, 32), workers=1,
+                               fractions=(0.34, 0.0, 0.66))
+    seen: list[float] = []
+    monkeypatch.setattr(runner_mod, "segment_files", lambda ckpt, inputs, out, **kw: seen.append(kw["min_component_ml"]))
+    monkeypatch.setattr(runner_mod, "evaluate_folders", lambda pred, ref, tolerance_mm: [])
+    for preset, override, expected in [("cpu-demo", [], 1.5), ("paper-ct", [], 0.0),
+                                       ("cpu-demo", ["evaluation.min_component_ml=0.4"], 0.4)]:
+        run_dir = tmp_path / f"run-{len(seen)}"
+        run_dir.mkdir()
+        (run_dir / "DONE").write_text("done\n")  # trained already: only segmentation and scoring run
+        (run_dir / "best.pt").write_bytes(b"")
+        run = RunSpec("f", "r", "ct-only", tuple(override), 0)
+        runner_mod.run_one(run, load_config(preset, run.all_overrides()), manifest, None, run_dir, "cpu")
+        assert seen[-1] == expected
+    with pytest.raises(ConfigError, match="min_component_ml"):
+        load_config("cpu-demo", ["evaluation.min_component_ml=-1"])

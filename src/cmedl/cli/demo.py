@@ -24,8 +24,9 @@ def demo_command(
     n_mr: int = typer.Option(20, "--mr", help="Phantom MRI patients (different patients from the CTs)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest 3D "
                                            "component of each predicted mask."),
-    min_component_ml: float = typer.Option(1.5, "--min-component-ml", help="Drop predicted components smaller "
-                                           "than this (ml; chosen on a development cohort's validation split)."),
+    min_component_ml: float = typer.Option(None, "--min-component-ml", help="Drop predicted components smaller "
+                                           "than this (ml; default: the preset's evaluation.min_component_ml, "
+                                           "1.5 in cpu-demo, chosen on a development cohort's validation split)."),
     arch: str = typer.Option(None, "--arch", help="Segmentation network: unet, densefcn57 or mrrn (default: the preset's)."),
     size: str = typer.Option("112x112x32", "--size", help="Phantom voxels XxYxZ (columns x rows x slices), as in `cmedl data phantom`."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom, splits and training."),

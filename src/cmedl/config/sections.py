@@ -199,6 +199,10 @@ class EvaluationConfig:
 
     #: surface Dice tolerance tau in mm (CT paper 2 mm, CBCT paper 4.38 mm)
     surface_tolerance_mm: float = 2.0
+    #: predicted 3D components smaller than this (ml) are dropped when ``cmedl demo`` and ``cmedl study``
+    #: segment the test cases (0: none); part of the recipe, so chosen on validation data (``cpu-demo``: 1.5)
+    min_component_ml: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive("surface_tolerance_mm", self.surface_tolerance_mm)
+        check_positive("min_component_ml", self.min_component_ml, allow_zero=True)

@@ -62,10 +62,6 @@ DEMO_METHODS = ("ct-only", "cmedl")
 #: training preset per student modality
 DEMO_PRESETS = {"ct": "cpu-demo", "cbct": "cpu-demo-cbct"}
 COHORTS = ("cue", "control")
-#: predicted components below this volume are dropped: chosen on the validation split of a development
-#: cohort (seed 123; ct-only, cpu-demo): none 0.500, >= 0.4 ml 0.506, 0.9 ml 0.511, 1.7 ml 0.524 (median
-#: one component per scan), 3.4 ml 0.489 mean DSC; the largest component alone 0.515 (it drops small tumours)
-DEMO_MIN_COMPONENT_ML = 1.5
 #: train / val / test patient fractions: 72 patients -> 30 / 12 / 30
 DEMO_FRACTIONS = (0.42, 0.16, 0.42)
 #: simulated raters of the test cases (the report's inter-rater section)
@@ -99,7 +95,7 @@ def run_demo(
     arch: str | None = None,
     methods: Sequence[str] = DEMO_METHODS,
     largest_component: bool = False,
-    min_component_ml: float = DEMO_MIN_COMPONENT_ML,
+    min_component_ml: float | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
@@ -119,8 +115,9 @@ def run_demo(
         arch: segmentation architecture for teacher and student (``unet``, ``densefcn57``, ``mrrn``).
         methods: registered methods to compare, the baseline first (p-values are against it).
         largest_component: keep only the largest 3D component of each predicted mask.
-        min_component_ml: drop predicted components smaller than this (ml); the default was chosen on the
-            validation split of a development phantom cohort (seed 123, never the demo's test split).
+        min_component_ml: drop predicted components smaller than this (ml); None: the preset's
+            ``evaluation.min_component_ml`` (``cpu-demo``: 1.5, chosen on the validation split of a development
+            phantom cohort, seed 123, never the demo's test split).
     """
     for name in methods:
         get_method(name, key="demo method")
@@ -135,6 +132,8 @@ def run_demo(
     base = [f"training.seed={seed}", f"data.modality={modality}", *(overrides or []),
             *([f"model.arch={arch}"] if arch else [])]
     configs = {m: load_config(config, [*base, f"training.method={m}"]) for m in methods}  # all before any work
+    if min_component_ml is None:
+        min_component_ml = configs[methods[0]].evaluation.min_component_ml
     out = check_output_folder(out_dir, inputs=[config] if Path(config).is_file() else [])
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)

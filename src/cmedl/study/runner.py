@@ -71,8 +71,8 @@ def run_one(run: RunSpec, config: TrainConfig, data: Path, mr_data: Path | None,
         pred = run_dir / "pred"
         if not (pred / "DONE").exists():
             log(f"  {run.key}: segmenting {len(tests)} test cases")
-            segment_files(run_dir / "best.pt", [manifest.image_path(c) for c in tests], pred,
-                          device=device, progress=False)
+            segment_files(run_dir / "best.pt", [manifest.image_path(c) for c in tests], pred, device=device,
+                          min_component_ml=config.evaluation.min_component_ml, progress=False)
             _done(pred / "DONE", f"{len(tests)} cases")
         ref = run_dir / "test_cases.json"  # the references, with absolute paths
         with writing(ref):
