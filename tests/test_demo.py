@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 
 import numpy as np
@@ -62,8 +63,6 @@ def test_demo_end_to_end_minimal(tmp_path):
     kinds = {c.tumour_kind for c in test_cases}
     assert kinds and {p.name for p in out.glob("comparison.*.csv")} == {f"comparison.{k}.csv" for k in kinds}
     assert (out / "demo_slices.png").stat().st_size > 10_000
-    import json
-
     assert json.loads((out / "demo.json").read_text())["min_component_ml"] == 1.5  # cpu-demo's evaluation filter
     # the demo ends with its HTML report, with simulated raters for the inter-rater section
     assert f"report: {out / 'report' / 'index.html'}" in result.output.replace("\n", "")
