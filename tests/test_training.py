@@ -282,6 +282,26 @@ def test_short_cmedl_training_on_a_small_phantom(tmp_path: Path) -> None:
         assert net(torch.zeros(1, 1, 48, 48)).shape == (1, 1, 48, 48)
 
 
+
+def test_cmedl_without_hint_trains_exactly_the_ct_only_student(phantom: Path, tmp_path: Path) -> None:
+    """The control behind every CMEDL-vs-ct-only comparison: with ``lambda_hint`` 0 and no dropout, CMEDL's
+    student sees the same initial weights, batches (augmentation included), loss, optimiser and schedule as
+    ct-only, so the two runs give bit-identical students; whatever CMEDL adds is then the hint alone. (With
+    dropout on, the two runs differ only in their dropout draws, which the translator and teacher share.)"""
+    common = ("model.dropout=0", "cmedl.lambda_hint=0", "training.max_epochs=2")
+    seg = {"ct-only": [], "cmedl": []}
+    for method in seg:
+        train(tiny(*common, method=method), phantom, out_dir=tmp_path / method,
+              step_callback=lambda step, losses, m=method: seg[m].append(losses["seg_ct"]))
+    assert len(seg["ct-only"]) == 4 and seg["ct-only"] == seg["cmedl"]
+    a, c = (load_checkpoint(tmp_path / m / "last.pt")["networks"]["student_ct"] for m in seg)
+    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
+    # and the hint does reach the student: at lambda_hint 1 the run departs from ct-only
+    hinted: list[float] = []
+    train(tiny("model.dropout=0", "training.max_epochs=1", method="cmedl"), phantom, out_dir=tmp_path / "hint",
+          step_callback=lambda step, losses: hinted.append(losses["seg_ct"]))
+    assert hinted[0] == seg["ct-only"][0] and hinted[1] != seg["ct-only"][1]
+
 class _ConstantStudent(torch.nn.Module):
     """A 'network' whose logit is the same everywhere (all foreground or all background)."""
 
