@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 
 
-def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str, control: bool = False) -> Path:
+def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str, control: bool = False,
+                paired_oracle: bool = False) -> Path:
+    """The development cohort (reused if ``root/cohort`` holds one); ``paired_oracle`` also renders each CT
+    patient's own MRI on the CT grid (needed by ``cmedl-oracle``)."""
     from cmedl.data.phantom import PhantomOptions, generate_cohort
 
     manifest = root / "cohort" / "manifest.json"
@@ -34,7 +37,7 @@ def make_cohort(root: Path, n_ct: int, n_mr: int, seed: int, size: str, control:
     nx, ny, nz = (int(v) for v in size.split("x"))
     return generate_cohort(root / "cohort", n_ct=n_ct, n_cbct=0, n_mr=n_mr, seed=seed, shape=(nz, ny, nx),
                            fractions=(0.7, 0.3, 0.0), workers=4,
-                           options=PhantomOptions.control() if control else PhantomOptions())
+                           options=(PhantomOptions.control if control else PhantomOptions)(paired_oracle=paired_oracle))
 
 
 def read_curve(run: Path) -> list[float]:
@@ -65,7 +68,8 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.time()
-    manifest = make_cohort(args.out, args.ct, args.mr, args.cohort_seed, args.size, args.control)
+    manifest = make_cohort(args.out, args.ct, args.mr, args.cohort_seed, args.size, args.control,
+                           paired_oracle="cmedl-oracle" in args.methods)
     print(f"cohort {manifest} ready after {time.time() - t0:.0f} s", flush=True)
     runs = [(m, s, args.out / "runs" / f"{m}_seed{s}") for m in args.methods for s in args.seeds]
     pending = list(runs)
