@@ -17,7 +17,6 @@ last-5-epoch whole-volume validation Dice. Development cohorts only, never a tes
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from pathlib import Path
 
@@ -25,14 +24,7 @@ import torch
 
 from cmedl.methods import load_config
 from cmedl.training import train
-
-
-def val_dice(run: Path) -> list[float]:
-    log = run / "log.csv"
-    if not log.is_file():
-        return []
-    with log.open() as f:
-        return [float(row["val_dice"]) for row in csv.DictReader(f)]
+from compare_training_length import read_curve as val_dice  # per-epoch val Dice from a run's log.csv
 
 
 def main() -> None:
