@@ -3,21 +3,23 @@
 Sections (each prints as it goes; ``--budget`` seconds skips the optional variants once spent):
 
 1. **peaks**: fp32 (TF32 off), TF32 and bf16 ``torch.mm`` at n = 8192 (CPU: n = 3072, fp32 only).
-2. **CMEDL step** at the papers' size (``paper-ct``: 256x256 patches, batch 2, full widths: U-Net 64,
-   ResNet generator 64 x 9 blocks, PatchGAN 64, VGG19 to conv4_1) and the ct-only step: seconds per
+2. **training steps** at the papers' size (``paper-ct``: 256x256 patches, batch 2, full widths: U-Net 64,
+   ResNet generator 64 x 9 blocks, PatchGAN 64, VGG19 to conv4_1), CMEDL and ct-only: seconds per
    step (median), FLOPs per step (``FlopCounterMode``, plain convolutions), and the fraction of the
    peak of its precision (fp32 runs with TF32 allowed -> TF32 peak; bf16 -> bf16 peak), for
-   fp32 and bf16, each with ``training.channels_last`` false and true; then, on the faster layout of
-   each precision, ``torch.compile`` of every network (default mode) and with CUDA graphs (mode
-   ``reduce-overhead``). Each option is listed as kept or dropped by whether it beat its baseline.
-3. **scaling**: steps per second of the ct-only and cmedl steps over 1, 2, ... processes (one per GPU,
+   fp32 and bf16, each with ``training.channels_last`` false and true.
+3. **segment**: ``segment_volume`` of a synthetic 512x512x``--slices`` CT with the paper U-Net
+   (fp32 and bf16, batch sizes ``--seg-batches``): seconds per volume (target <= 1 s on an H100/H200;
+   1.9 s measured on an H100 on 2026-11-25), split into preprocessing (CPU) and the network pass.
+4. **scaling**: steps per second of the ct-only and cmedl steps over 1, 2, ... processes (one per GPU,
    NCCL; gradients averaged before every optimiser step as in ``torchrun -m cmedl train``,
    :mod:`cmedl.training.distributed`), per-process batch = the paper batch, and the epoch time of
    ``--epoch-samples`` samples from that. Needs 2+ GPUs (else says so); ``--quick`` runs 2 CPU
    processes over gloo instead, to check the code path.
-4. **segment**: ``segment_volume`` of a synthetic 512x512x``--slices`` CT with the paper U-Net
-   (fp32 and bf16, batch sizes ``--seg-batches``): seconds per volume (target <= 1 s on an H100/H200;
-   1.9 s measured on an H100 on 2026-11-25), split into preprocessing + restore and network time.
+5. **compile**: on the faster layout of each method x precision (CMEDL and bf16 first), ``torch.compile``
+   of every network (default mode) and with CUDA graphs (mode ``reduce-overhead``); each option is
+   listed as kept or dropped by whether it beat that layout. Compiling takes minutes, so it comes last
+   and stops starting new variants once ``--budget`` seconds have passed.
 
 Usage (about 10 minutes on one H200; ``--quick`` runs tiny sizes on the CPU in about a minute)::
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import socket
 import statistics
@@ -47,6 +50,7 @@ from cmedl.inference.segment import segment_volume
 from cmedl.methods import build_method, load_config
 from cmedl.nets import UNet2D
 from cmedl.nets.fastconv import fast_path_disabled
+from cmedl.nets.predict import inference_copy, predict_slices
 
 T0 = time.perf_counter()
 
@@ -95,6 +99,9 @@ def time_step(method: str, precision: str, channels_last: bool, device: str, ite
               compile_mode: str | None = None) -> dict[str, float]:
     """Median seconds per training step and FLOPs per step of ``method`` in one configuration."""
     cfg = _config(method, precision, channels_last, device, quick)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the GiB column is this configuration's own peak
     torch.manual_seed(0)
     m = build_method(cfg, device)
     if compile_mode is not None:
@@ -121,41 +128,67 @@ def time_step(method: str, precision: str, channels_last: bool, device: str, ite
     return {"s": statistics.median(times), "flops": float(fc.get_total_flops()), "warmup_s": t_warm, "gib": mem}
 
 
-def step_section(args: argparse.Namespace, pk: dict[str, float]) -> None:
+def _peak_of(precision: str, pk: dict[str, float], cuda: bool) -> tuple[float, str]:
+    """The matmul peak a step of ``precision`` is measured against (fp32 on CUDA runs TF32)."""
+    if precision == "fp32" and cuda:
+        return pk.get("tf32", pk["fp32"]), "TF32"
+    return pk.get(precision, pk["fp32"]), precision
+
+
+def _show(method: str, precision: str, label: str, r: dict[str, float], pk: dict[str, float], cuda: bool,
+          base: float | None) -> None:
+    peak, peak_name = _peak_of(precision, pk, cuda)
+    frac = r["flops"] / r["s"] / 1e9 / peak
+    verdict = "" if base is None else (f"  kept ({base / r['s']:.2f}x)" if r["s"] < base * 0.97
+                                       else f"  dropped (no gain: {base / r['s']:.2f}x)")
+    print(f"  {method:7} {precision:4} {label:34} {r['s'] * 1e3:8.1f} ms/step  {r['flops'] / 1e9:7.1f} GFLOP  "
+          f"{frac:6.1%} of {peak_name} peak  warm-up {r['warmup_s']:5.1f} s  {r['gib']:5.2f} GiB" + verdict,
+          flush=True)
+
+
+def step_section(args: argparse.Namespace, pk: dict[str, float]) -> dict[tuple[str, str], tuple[bool, float]]:
+    """Both layouts of every method x precision; returns the faster layout and its time per pair."""
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 training runs TF32 matmuls and convolutions
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    best: dict[tuple[str, str], tuple[bool, float]] = {}
+    print(f"\n== training steps ({'quick, tiny' if args.quick else 'paper-ct 256x256, batch 2'})")
     for method in ("cmedl", "ct-only"):
-        print(f"\n== {method} training step ({'quick, tiny' if args.quick else 'paper-ct 256x256, batch 2'})")
         for precision in args.precisions:
-            peak = pk.get("tf32" if precision == "fp32" and cuda else precision, pk["fp32"])
-            peak_name = "TF32" if precision == "fp32" and cuda else precision
-            results: dict[str, dict[str, float]] = {}
-
-            def show(label: str, r: dict[str, float], base: float | None) -> None:
-                frac = r["flops"] / r["s"] / 1e9 / peak
-                verdict = "" if base is None else ("  kept" if r["s"] < base * 0.97 else "  dropped (no gain)")
-                print(f"  {precision:4} {label:28} {r['s'] * 1e3:8.1f} ms/step  {r['flops'] / 1e9:7.1f} GFLOP  "
-                      f"{frac:6.1%} of {peak_name} peak  warm-up {r['warmup_s']:5.1f} s  {r['gib']:5.2f} GiB"
-                      + verdict, flush=True)
-
+            times = {}
             for cl in (False, True):
-                label = f"channels_last={cl}"
-                results[label] = time_step(method, precision, cl, args.device, args.iters, args.quick)
-                show(label, results[label], None if not cl else results["channels_last=False"]["s"])
-            best_cl = min((False, True), key=lambda c: results[f"channels_last={c}"]["s"])
-            base = results[f"channels_last={best_cl}"]["s"]
+                r = time_step(method, precision, cl, args.device, args.iters, args.quick)
+                times[cl] = r["s"]
+                _show(method, precision, f"channels_last={cl}", r, pk, cuda, times[False] if cl else None)
+            cl = min(times, key=times.get)
+            best[(method, precision)] = (cl, times[cl])
+    return best
+
+
+def compile_section(args: argparse.Namespace, pk: dict[str, float],
+                    best: dict[tuple[str, str], tuple[bool, float]]) -> None:
+    """``torch.compile`` (and CUDA graphs) on the faster layout of each method x precision, the
+    paper's CMEDL step first; variants left when ``--budget`` is spent are listed as skipped."""
+    if not args.compile_modes:
+        return
+    cuda = args.device.startswith("cuda")
+    print("\n== torch.compile on the faster layout (speed-up against it)")
+    for method in ("cmedl", "ct-only"):
+        for precision in sorted(args.precisions, key=lambda p: p != "bf16"):  # bf16 first: the fastest
+            cl, base = best[(method, precision)]
             for mode in args.compile_modes:
+                label = f"cl={cl} compile {mode}" + (" (CUDA graphs)" if mode == "reduce-overhead" else "")
                 if elapsed() > args.budget:
-                    print(f"  {precision:4} compile {mode}: skipped (--budget {args.budget:.0f} s spent)")
+                    print(f"  {method:7} {precision:4} {label}: skipped (--budget {args.budget:.0f} s spent)")
                     continue
-                label = f"cl={best_cl} compile {mode}" + (" (CUDA graphs)" if mode == "reduce-overhead" else "")
                 try:
-                    show(label, time_step(method, precision, best_cl, args.device, args.iters, args.quick, mode), base)
+                    r = time_step(method, precision, cl, args.device, args.iters, args.quick, mode)
+                    _show(method, precision, label, r, pk, cuda, None if math.isnan(base) else base)
                 except Exception as exc:  # noqa: BLE001 - report and go on: an option that fails is dropped
-                    print(f"  {precision:4} {label}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+                    print(f"  {method:7} {precision:4} {label}: failed "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- scaling
@@ -229,31 +262,40 @@ def scaling_section(args: argparse.Namespace) -> None:
 def segment_section(args: argparse.Namespace, pk: dict[str, float]) -> None:
     slices, size = (6, 128) if args.quick else (args.slices, 512)
     width = 8 if args.quick else 64
-    print(f"\n== segment_volume {size}x{size}x{slices} CT, U-Net width {width}")
+    print(f"\n== segment_volume {size}x{size}x{slices} CT, U-Net width {width} (as `cmedl segment`: one "
+          "inference copy of the network, BN folded, reused for every volume)")
     torch.manual_seed(0)
     vol = synthetic_ct(slices, size)
-    net = UNet2D(base_width=width).eval()
-    t = time.perf_counter()
-    prepared = prepare_volume(vol, PreprocessConfig("ct"))
-    t_pre = time.perf_counter() - t
+    dev = torch.device(args.device)
+    cpu_net = UNet2D(base_width=width).eval()
+    net = inference_copy(cpu_net, dev)
+    t_pre = []
+    for _ in range(3):
+        t = time.perf_counter()
+        prepared = prepare_volume(vol, PreprocessConfig("ct"))
+        t_pre.append(time.perf_counter() - t)
     z, rows, cols = prepared.shape
-    f = flops_per_slice(net, rows, cols) * z
+    f = flops_per_slice(cpu_net, rows, cols) * z  # counted on the CPU twin (same layers)
     for precision in ("fp32", "bf16"):
+        peak = pk.get(precision if precision == "bf16" else "tf32", pk["fp32"])
         for bs in args.seg_batches:
-            kw = dict(device=args.device, amp_bf16=precision == "bf16", batch_size=bs)
-            segment_volume(synthetic_ct(4, size), net, PreprocessConfig("ct"), **kw)  # warm-up
-            times = []
-            for _ in range(2):
-                sync(args.device)
+            kw = dict(device=dev, amp_bf16=precision == "bf16", batch_size=bs)
+            segment_volume(vol, net, PreprocessConfig("ct"), **kw)  # warm-up (cuDNN algorithm search)
+            times, t_net = [], []
+            for _ in range(3):
+                sync(dev)
                 t = time.perf_counter()
                 segment_volume(vol, net, PreprocessConfig("ct"), **kw)
-                sync(args.device)
+                sync(dev)
                 times.append(time.perf_counter() - t)
-            dt = min(times)
-            peak = pk.get(precision if precision == "bf16" else "tf32", pk["fp32"])
-            print(f"  {precision} batch {bs:3}: {dt:6.2f} s/volume (preprocessing alone {t_pre:.2f} s), "
-                  f"network {f / 1e9:7.1f} GFLOP, {f / dt / 1e9 / peak:6.1%} of the {precision} peak "
-                  f"over the whole call", flush=True)
+                t = time.perf_counter()
+                predict_slices(net, prepared.image, pad_value=prepared.pad_value, **kw)
+                sync(dev)
+                t_net.append(time.perf_counter() - t)
+            dt, dn = statistics.median(times), statistics.median(t_net)
+            print(f"  {precision} batch {bs:3}: {dt:6.2f} s/volume = preprocessing {min(t_pre):.2f} s (CPU) + "
+                  f"network pass {dn:.2f} s ({f / 1e9:.0f} GFLOP, {f / dn / 1e9 / peak:6.1%} of the {precision} "
+                  f"peak) + restore and threshold", flush=True)
 
 
 def main() -> None:
@@ -264,8 +306,8 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--compile-modes", nargs="*", default=None,
                     help="torch.compile modes to try (default: default reduce-overhead on CUDA, none on CPU)")
-    ap.add_argument("--sections", nargs="+", default=["step", "scaling", "segment"],
-                    choices=["step", "scaling", "segment"])
+    ap.add_argument("--sections", nargs="+", default=["step", "segment", "scaling", "compile"],
+                    choices=["step", "segment", "scaling", "compile"])
     ap.add_argument("--slices", type=int, default=134)
     ap.add_argument("--seg-batches", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--epoch-samples", type=int, default=1000)
@@ -284,13 +326,15 @@ def main() -> None:
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; matmul peaks (GFLOP/s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in pk.items()), flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        if "step" in args.sections:
-            step_section(args, pk)
-        if "scaling" in args.sections:
-            scaling_section(args)
+    with contextlib.suppress(KeyboardInterrupt):  # cheap, always-wanted figures first; compiling last
+        best = (step_section(args, pk) if "step" in args.sections else  # compile alone: no baseline
+                {(m, p): (False, math.nan) for m in ("cmedl", "ct-only") for p in args.precisions})
         if "segment" in args.sections:
             segment_section(args, pk)
+        if "scaling" in args.sections:
+            scaling_section(args)
+        if "compile" in args.sections:
+            compile_section(args, pk, best)
     pk2 = peaks(args.device)
     print("\nmatmul peaks again at the end (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in pk2.items())
           + f"; total {elapsed():.0f} s")

@@ -16,7 +16,7 @@ against the phantom's hidden masks of the box-only cases); ``ts-baseline`` (stro
 
     python benchmarks/ts_scenarios.py --out /tmp/ts                        # CPU-sized (cpu-ts presets)
     python benchmarks/ts_scenarios.py --out /tmp/ts --vast 200,300 --scarce 20,400 --test 60 \\
-        --teacher-config paper-ts-teacher --student-config paper-ts --shape 96,256,256 --steps 8000 --device cuda
+        --teacher-config paper-ts-teacher --student-config paper-ts --shape 96,256,256 --steps-per-epoch 1000 --epochs 8 --device cuda
 
 Every method uses the paper's preprocessing (``<method>.pipeline: paper``: clip + z-score, resampled to
 ``<method>.preprocess.spacing``, teacher crops around the tumour, student lung crops; the cpu-ts presets at
@@ -95,7 +95,8 @@ def train_run(method: str, preset: str, manifest: Path, out: Path, overrides: li
     return result.best_checkpoint, seconds
 
 
-def score_teacher(model: Path, manifest_path: Path, split: str, guided: str, hidden: bool = False) -> list[float]:
+def score_teacher(model: Path, manifest_path: Path, split: str, guided: str, hidden: bool = False,
+                  device: str = "cpu") -> list[float]:
     """Per-case DSC of a teacher on ``split``: box teacher inside the (expert-derived or file) boxes."""
     from cmedl.data.boxes import box_mask, read_boxes
     from cmedl.data.datasets_ts import derived_box_mask
@@ -117,12 +118,12 @@ def score_teacher(model: Path, manifest_path: Path, split: str, guided: str, hid
         boxes = (box_mask(read_boxes(m.boxes_path(case), image), image.shape) if hidden and m.boxes_path(case)
                  else derived_box_mask(ref) != 0)
         pred = pseudo_label_volume(image, boxes, net, pp, cls.guidance, crop, inside_boxes=cls.guidance == "box",
-                                   ts=ts)
+                                   ts=ts, device=device)
         scores.append(dice(pred != 0, ref))
     return scores
 
 
-def score_student(model: Path, manifest_path: Path, out: Path) -> dict[str, list[float]]:
+def score_student(model: Path, manifest_path: Path, out: Path, device: str = "cpu") -> dict[str, list[float]]:
     from cmedl.data.manifest import Manifest
     from cmedl.evaluation.metrics import dice
     from cmedl.evaluation.objects import object_metrics
@@ -130,7 +131,8 @@ def score_student(model: Path, manifest_path: Path, out: Path) -> dict[str, list
     from cmedl.io.volume import read_volume
 
     t = time.perf_counter()
-    written = segment_files(model, [], out, manifest=manifest_path, split="test", fill_holes=True, progress=False)
+    written = segment_files(model, [], out, manifest=manifest_path, split="test", fill_holes=True, progress=False,
+                            device=device)
     per_volume = (time.perf_counter() - t) / max(len(written), 1)
     m = Manifest.load(manifest_path)
     rows: dict[str, list[float]] = {k: [] for k in ("dsc", "dsc_tp", "f1", "recall", "precision")}
@@ -158,16 +160,17 @@ def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict:
     for method in TEACHERS:
         models[method], result["train_seconds"][method] = train_run(
             method, args.teacher_config, manifest, out / "runs" / method, steps)
-        result["teachers"][method] = score_teacher(models[method], manifest, "test", method)
+        result["teachers"][method] = score_teacher(models[method], manifest, "test", method, device=args.device)
     pseudo_dir = out / "pseudo"
     if not (pseudo_dir / "manifest.json").exists():
         pseudo_label_files(models["box-teacher"], manifest, pseudo_dir, device=args.device, progress=False)
-    result["pseudo_label_dsc"] = score_teacher(models["box-teacher"], manifest, "train", "box-teacher", hidden=True)
+    result["pseudo_label_dsc"] = score_teacher(models["box-teacher"], manifest, "train", "box-teacher", hidden=True,
+                                               device=args.device)
     for method in STUDENTS:
         data = manifest if method == "ts-baseline" else pseudo_dir / "manifest.json"
         model, result["train_seconds"][method] = train_run(method, args.student_config, data, out / "runs" / method,
                                                            steps)
-        result["students"][method] = score_student(model, manifest, out / "pred" / method)
+        result["students"][method] = score_student(model, manifest, out / "pred" / method, device=args.device)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cmedl.data.holes import fill_holes_slicewise
 from cmedl.errors import InputError
 from cmedl.io.image import Volume
 
@@ -96,8 +97,7 @@ def lung_mask(volume: Volume, threshold_hu: float = LUNG_THRESHOLD_HU, closing_m
         if not m.any():
             continue
         m = ndimage.binary_closing(np.pad(m, pad), ball)[tuple(slice(p, p + n) for (p, _), n in zip(pad, air.shape))]
-        for k in np.flatnonzero(m.any(axis=(1, 2))):
-            m[k] = ndimage.binary_fill_holes(m[k])
+        m = fill_holes_slicewise(m)
         small[m & (small == 0)] = lab
     out = small
     for axis, k in enumerate(step):  # back to the input grid by repetition

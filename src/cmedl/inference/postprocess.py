@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from cmedl.data.holes import fill_holes_slicewise
 from cmedl.errors import InputError
 
 
@@ -127,11 +128,7 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
 
     2D on purpose: a cavity open towards the next slice is still a hole in the slice's contour.
     """
-    mask = np.asarray(mask) != 0
-    out = mask.astype(np.uint8)
-    for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        out[k] = ndimage.binary_fill_holes(mask[k])
-    return out
+    return fill_holes_slicewise(mask).astype(np.uint8)
 
 
 def postprocess_probabilities(

@@ -206,8 +206,13 @@ def predict_slices(
             arr, ((0, 0), (0, pr), (0, pc)), mode="constant", constant_values=np.float32(pad_value)
         )
 
-    out = np.empty((z, rows, cols), dtype=np.float32)
-    sd = np.empty((z, rows, cols), dtype=np.float32) if mc_dropout_samples else None
+    # On CUDA the volume goes up once and the outputs come back once (one synchronisation per volume,
+    # not two per batch); on CPU the output tensors share memory with the returned arrays.
+    src = torch.from_numpy(arr)
+    if dev.type == "cuda":
+        src = src.to(dev)
+    out_t = torch.empty((z, rows, cols), dtype=torch.float32, device=src.device)
+    sd_t = torch.empty_like(out_t) if mc_dropout_samples else None
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(amp_bf16))
     rng_devices = (
         [dev.index if dev.index is not None else torch.cuda.current_device()]
@@ -218,13 +223,13 @@ def predict_slices(
         torch.manual_seed(int(seed))
         for start in range(0, z, batch_size):
             stop = min(start + batch_size, z)
-            x = torch.from_numpy(arr[start:stop]).unsqueeze(1).to(dev, non_blocking=True).contiguous(memory_format=fmt)
+            x = src[start:stop].unsqueeze(1).contiguous(memory_format=fmt)
             mean, spread = _predict_batch(run_net, x, activation, mc_dropout_samples)
-            out[start:stop] = mean[:, 0, :rows, :cols].cpu().numpy()
-            if sd is not None:
-                sd[start:stop] = spread[:, 0, :rows, :cols].cpu().numpy()  # type: ignore[index]
+            out_t[start:stop] = mean[:, 0, :rows, :cols]
+            if sd_t is not None:
+                sd_t[start:stop] = spread[:, 0, :rows, :cols]  # type: ignore[index]
             del x
-    return out, sd
+    return out_t.cpu().numpy(), (sd_t.cpu().numpy() if sd_t is not None else None)
 
 
 def predict_volume_3d(
