@@ -21,10 +21,15 @@ Sections (each prints as it goes; ``--budget`` seconds skips the optional varian
    listed as kept or dropped by whether it beat that layout. Compiling takes minutes, so it comes last
    and stops starting new variants once ``--budget`` seconds have passed.
 
-Usage (about 10 minutes on one H200; ``--quick`` runs tiny sizes on the CPU in about a minute)::
+Usage (``--quick`` runs tiny sizes on the CPU in about a minute)::
 
-    python benchmarks/gpu_efficiency.py                      # cuda
+    python benchmarks/gpu_efficiency.py                      # cuda, every section
+    python benchmarks/gpu_efficiency.py --sections compile --methods ct-only --budget 600
     python benchmarks/gpu_efficiency.py --quick --device cpu # smoke test of every section
+
+On one H200 (2026-12-04) the peaks and both layouts of both steps took ~90 s, the segment section ~40 s,
+and compiling CMEDL's networks ~150 s per variant, so the whole run needs 15-20 minutes; the README
+has the figures of that session (compile reached CMEDL bf16 only).
 """
 
 from __future__ import annotations
@@ -155,7 +160,7 @@ def step_section(args: argparse.Namespace, pk: dict[str, float]) -> dict[tuple[s
         torch.backends.cudnn.benchmark = True
     best: dict[tuple[str, str], tuple[bool, float]] = {}
     print(f"\n== training steps ({'quick, tiny' if args.quick else 'paper-ct 256x256, batch 2'})")
-    for method in ("cmedl", "ct-only"):
+    for method in args.methods:
         for precision in args.precisions:
             times = {}
             for cl in (False, True):
@@ -175,7 +180,7 @@ def compile_section(args: argparse.Namespace, pk: dict[str, float],
         return
     cuda = args.device.startswith("cuda")
     print("\n== torch.compile on the faster layout (speed-up against it)")
-    for method in ("cmedl", "ct-only"):
+    for method in args.methods:
         for precision in sorted(args.precisions, key=lambda p: p != "bf16"):  # bf16 first: the fastest
             cl, base = best[(method, precision)]
             for mode in args.compile_modes:
@@ -303,6 +308,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of every section)")
     ap.add_argument("--iters", type=int, default=None, help="timed steps per configuration (default 10; quick 2)")
+    ap.add_argument("--methods", nargs="+", default=["cmedl", "ct-only"], choices=["cmedl", "ct-only"],
+                    help="training steps to time (and compile), in this order")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--compile-modes", nargs="*", default=None,
                     help="torch.compile modes to try (default: default reduce-overhead on CUDA, none on CPU)")
@@ -328,7 +335,7 @@ def main() -> None:
           + ", ".join(f"{k} {v:.0f}" for k, v in pk.items()), flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # cheap, always-wanted figures first; compiling last
         best = (step_section(args, pk) if "step" in args.sections else  # compile alone: no baseline
-                {(m, p): (False, math.nan) for m in ("cmedl", "ct-only") for p in args.precisions})
+                {(m, p): (False, math.nan) for m in args.methods for p in args.precisions})
         if "segment" in args.sections:
             segment_section(args, pk)
         if "scaling" in args.sections:
