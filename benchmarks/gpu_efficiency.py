@@ -282,7 +282,7 @@ def segment_section(args: argparse.Namespace, pk: dict[str, float]) -> None:
     z, rows, cols = prepared.shape
     f = flops_per_slice(cpu_net, rows, cols) * z  # counted on the CPU twin (same layers)
     for precision in ("fp32", "bf16"):
-        peak = pk.get(precision if precision == "bf16" else "tf32", pk["fp32"])
+        peak, _ = _peak_of(precision, pk, dev.type == "cuda")
         for bs in args.seg_batches:
             kw = dict(device=dev, amp_bf16=precision == "bf16", batch_size=bs)
             segment_volume(vol, net, PreprocessConfig("ct"), **kw)  # warm-up (cuDNN algorithm search)

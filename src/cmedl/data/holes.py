@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from cmedl.data.cropping import bounding_box
 from cmedl.errors import InputError
 
 #: 4-connectivity within an axial slice, none across slices (scipy's default 2D structure, stacked).
@@ -31,20 +32,20 @@ def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask) != 0
     if m.ndim != 3:
         raise InputError(f"slice-wise hole filling needs a 3D [z, y, x] mask, got shape {m.shape}")
-    rows, cols = np.flatnonzero(m.any(axis=(0, 2))), np.flatnonzero(m.any(axis=(0, 1)))
-    if rows.size == 0:
+    plane = m.any(axis=0)
+    if not plane.any():
         return m
     # Work inside the mask's in-plane bounding box (over all slices): a background voxel on the box's
     # edge lies on the image's edge or next to the background around the box, which reaches it.
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    sub = m[:, r0:r1, c0:c1]
+    box = (slice(None), *bounding_box(plane))
+    sub = m[box]
     labels, n = ndimage.label(~sub, structure=_IN_PLANE_CROSS)
     outside = np.zeros(n + 1, bool)  # background components that touch their slice's (box's) edge
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         outside[edge] = True
     outside[0] = False  # label 0 is the mask itself
     out = m.copy()
-    out[:, r0:r1, c0:c1] = ~outside[labels]
+    out[box] = ~outside[labels]
     return out
 
 
