@@ -34,6 +34,7 @@ from torch import nn
 
 from cmedl.errors import ConfigError
 from cmedl.nets.base import SegmentationNet, make_dropout
+from cmedl.nets.conv3d import Conv3d
 
 #: initial tumour (and box) probability of the output layer, as ``build_segmentation_net`` does
 OUTPUT_PRIOR = 0.05
@@ -42,7 +43,7 @@ OUTPUT_PRIOR = 0.05
 def conv_block(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
     """3x3x3 convolution (stride 1 or 2), instance norm, PReLU (one slope per channel)."""
     return nn.Sequential(
-        nn.Conv3d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+        Conv3d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
         nn.InstanceNorm3d(out_ch, affine=True),
         nn.PReLU(out_ch),
     )
@@ -62,7 +63,7 @@ class _Decoder(nn.Module):
                                              conv_block(widths[lvl - 1], widths[lvl - 1])))
         self.drop_penultimate = make_dropout(dropout, dims=3)
         self.drop_last = make_dropout(dropout, dims=3)
-        self.head = nn.Conv3d(widths[0], out_channels, 1)
+        self.head = Conv3d(widths[0], out_channels, 1)
         nn.init.constant_(self.head.bias, math.log(OUTPUT_PRIOR / (1.0 - OUTPUT_PRIOR)))
 
     def forward(self, y: torch.Tensor, skips: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:

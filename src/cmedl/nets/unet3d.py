@@ -27,6 +27,7 @@ from torch import nn
 
 from cmedl.errors import ConfigError
 from cmedl.nets.base import SegmentationNet, make_dropout
+from cmedl.nets.conv3d import Conv3d
 
 
 class DoubleConv3d(nn.Module):
@@ -35,12 +36,12 @@ class DoubleConv3d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(
-            nn.Conv3d(in_channels, out_channels, 3, padding=1),
+            Conv3d(in_channels, out_channels, 3, padding=1),
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
         )
         self.conv2 = nn.Sequential(
-            nn.Conv3d(out_channels, out_channels, 3, padding=1),
+            Conv3d(out_channels, out_channels, 3, padding=1),
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -98,7 +99,7 @@ class UNet3D(SegmentationNet):
             ch = out
         self.drop_penultimate = make_dropout(self.dropout_p, dims=3)
         self.drop_last = make_dropout(self.dropout_p, dims=3)
-        self.head = nn.Conv3d(w, out_channels, 1)
+        self.head = Conv3d(w, out_channels, 1)
 
     @property
     def output_conv(self) -> nn.Module:
