@@ -152,14 +152,15 @@ def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict:
 
     out = args.out / sc.name
     manifest = make_cohort(sc, out, args.shape, args.seed)
-    steps = [f"data.samples_per_epoch={args.steps_per_epoch}", f"training.max_epochs={args.epochs}",
-             f"training.seed={args.seed}", f"training.device={args.device}", "training.progress=false",
-             "training.image_grid=false", *args.set]
+    common = [f"data.samples_per_epoch={args.steps_per_epoch}", f"training.seed={args.seed}",
+              f"training.device={args.device}", "training.progress=false", "training.image_grid=false"]
+    steps = [*common, f"training.max_epochs={args.epochs}", *args.set]
+    teacher_steps = [*common, f"training.max_epochs={args.teacher_epochs or args.epochs}", *args.set]
     result: dict = {"scenario": sc.__dict__, "teachers": {}, "students": {}, "train_seconds": {}}
     models = {}
     for method in TEACHERS:
         models[method], result["train_seconds"][method] = train_run(
-            method, args.teacher_config, manifest, out / "runs" / method, steps)
+            method, args.teacher_config, manifest, out / "runs" / method, teacher_steps)
         result["teachers"][method] = score_teacher(models[method], manifest, "test", method, device=args.device)
     pseudo_dir = out / "pseudo"
     if not (pseudo_dir / "manifest.json").exists():
@@ -209,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student-config", default="cpu-ts")
     p.add_argument("--steps-per-epoch", type=int, default=40, help="data.samples_per_epoch (batch 1)")
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--teacher-epochs", type=int, default=0, help="epochs of the teachers (0: --epochs)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="extra section.key=value for every run")

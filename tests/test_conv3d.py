@@ -102,3 +102,13 @@ def test_ts_unet3d_gradients_match_with_and_without_the_split():
     torch.testing.assert_close(out_split, out_plain, rtol=1e-4, atol=1e-5)
     for a, b in zip(g_split, g_plain):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_inference_copies_keep_the_split_convolutions():
+    from cmedl.nets.predict import inference_copy
+    from cmedl.nets.unet3d import UNet3D
+
+    net = UNet3D(1, 1, base_width=4).eval()
+    copy = inference_copy(net, torch.device("cpu"))  # folds BatchNorm into the convolutions
+    convs = [m for m in copy.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(isinstance(m, Conv3d) for m in convs)

@@ -114,6 +114,11 @@ def test_methods_are_registered_and_configs_checked():
     config = load_config("paper-ts", ["training.method=ts-student-do"])
     assert (config.optim.lr_segmentation, config.training.batch_size, config.section("ts-student-do").accumulate) == (
         1e-4, 1, 8)
+    # the CPU presets: students step after every sample (chosen on a development cohort), teachers keep 8;
+    # the dual-output student keeps its box branch weight from paper-ts
+    cpu = load_config("cpu-ts", ["training.method=ts-student-do"])
+    assert (cpu.section("ts-student-do").accumulate, cpu.section("ts-student-do").box_weight) == (1, 1.0)
+    assert load_config("cpu-ts-teacher", []).section("box-teacher").accumulate == 8
 
 
 def test_networks_of_each_method():
