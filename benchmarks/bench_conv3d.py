@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from _common import matmul_peak, median_time
 from torch.utils.flop_counter import FlopCounterMode
 
-from cmedl.nets.conv3d import conv3d, split_disabled
+from cmedl.nets.conv3d import conv3d
+from cmedl.nets.fastconv import fast_path_disabled
 from cmedl.nets.ts_unet3d import build_ts_unet3d
 from cmedl.nets.unet3d import UNet3D
 
@@ -32,7 +33,7 @@ def flops(fn) -> int:
 
 
 def row(label: str, fn, repeats: int, peak: float) -> None:
-    with split_disabled():
+    with fast_path_disabled():
         plain = median_time(fn, repeats)
         work = flops(fn)
     split = median_time(fn, repeats)

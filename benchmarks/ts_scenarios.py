@@ -95,6 +95,17 @@ def train_run(method: str, preset: str, manifest: Path, out: Path, overrides: li
     return result.best_checkpoint, seconds
 
 
+def run_summary(run_dir: Path) -> dict[str, float]:
+    """Epochs run, best epoch and its validation Dice of a finished run (from its ``log.csv``)."""
+    import csv
+
+    with open(run_dir / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    best = max(rows, key=lambda r: float(r["val_dice"]))
+    return {"epochs": len(rows), "steps": int(rows[-1]["step"]), "best_epoch": int(best["epoch"]),
+            "best_val_dice": float(best["val_dice"])}
+
+
 def score_teacher(model: Path, manifest_path: Path, split: str, guided: str, hidden: bool = False,
                   device: str = "cpu") -> list[float]:
     """Per-case DSC of a teacher on ``split``: box teacher inside the (expert-derived or file) boxes."""
@@ -156,11 +167,12 @@ def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict:
               f"training.device={args.device}", "training.progress=false", "training.image_grid=false"]
     steps = [*common, f"training.max_epochs={args.epochs}", *args.set]
     teacher_steps = [*common, f"training.max_epochs={args.teacher_epochs or args.epochs}", *args.set]
-    result: dict = {"scenario": sc.__dict__, "teachers": {}, "students": {}, "train_seconds": {}}
+    result: dict = {"scenario": sc.__dict__, "teachers": {}, "students": {}, "train_seconds": {}, "runs": {}}
     models = {}
     for method in TEACHERS:
         models[method], result["train_seconds"][method] = train_run(
             method, args.teacher_config, manifest, out / "runs" / method, teacher_steps)
+        result["runs"][method] = run_summary(out / "runs" / method)
         result["teachers"][method] = score_teacher(models[method], manifest, "test", method, device=args.device)
     pseudo_dir = out / "pseudo"
     if not (pseudo_dir / "manifest.json").exists():
@@ -171,6 +183,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict:
         data = manifest if method == "ts-baseline" else pseudo_dir / "manifest.json"
         model, result["train_seconds"][method] = train_run(method, args.student_config, data, out / "runs" / method,
                                                            steps)
+        result["runs"][method] = run_summary(out / "runs" / method)
         result["students"][method] = score_student(model, manifest, out / "pred" / method, device=args.device)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
@@ -195,6 +208,9 @@ def print_tables(results: list[dict]) -> None:
             print(f"| {LABELS[m]} | {cells} | {r['seconds_per_volume'][0]:.1f} |")
         secs = ", ".join(f"{k} {v:.0f} s" for k, v in res["train_seconds"].items() if not math.isnan(v))
         print(f"\ntraining time: {secs or 'reused runs'}")
+        print("runs (best checkpoint by validation Dice): " + ", ".join(
+            f"{k} {r['steps']} steps, best epoch {r['best_epoch']}/{r['epochs']} (val {r['best_val_dice']:.3f})"
+            for k, r in res.get("runs", {}).items()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmedl.nets.conv3d import Conv3d, conv3d, needs_split, split_disabled
+from cmedl.nets.conv3d import Conv3d, conv3d, needs_split
+from cmedl.nets.fastconv import fast_path_disabled
 from cmedl.nets.ts_unet3d import build_ts_unet3d
 
 
@@ -63,7 +64,7 @@ def test_plain_where_the_split_does_not_apply():
     assert not needs_split(torch.randn(1, 4, 8, 8, 8), "same")
     assert not needs_split(torch.randn(1, 4, 2, 4, 4), 1)  # too small to gain
     assert not needs_split(torch.randn(1, 64, 32, 32, 32), 1)  # N*C*D*H > 20480: oneDNN anyway
-    with split_disabled():
+    with fast_path_disabled():
         assert not needs_split(torch.randn(1, 4, 8, 8, 8), 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not needs_split(torch.randn(1, 4, 8, 8, 8), 1)
@@ -97,7 +98,7 @@ def test_ts_unet3d_gradients_match_with_and_without_the_split():
         return out.detach(), [p.grad.clone() for p in net.parameters()]
 
     out_split, g_split = grads()
-    with split_disabled():
+    with fast_path_disabled():
         out_plain, g_plain = grads()
     torch.testing.assert_close(out_split, out_plain, rtol=1e-4, atol=1e-5)
     for a, b in zip(g_split, g_plain):

@@ -34,6 +34,7 @@ def test_scenarios_run_and_print_tables(tmp_path, capsys):
         assert all(len(res["teachers"][t]) == 2 for t in res["teachers"])  # one DSC per test case
         assert len(res["pseudo_label_dsc"]) == res["scenario"]["box"]
         assert all(v > 0 and math.isfinite(v) for v in res["train_seconds"].values())  # every run trained
+        assert {k: r["steps"] for k, r in res["runs"].items()} == {k: 8 for k in res["train_seconds"]}
         m = Manifest.load(tmp_path / name / "data" / "manifest.json")
         tests = sorted(c.id for c in m.cases if c.split == "test")
         for student in ("ts-baseline", "ts-student", "ts-student-do"):
@@ -50,6 +51,7 @@ def test_scenarios_run_and_print_tables(tmp_path, capsys):
     assert pseudo.exists() and '"label_source": "pseudo"' in pseudo.read_text()
     out = capsys.readouterr().out
     assert "| Box guided |" in out and "| DO Student |" in out and "reused runs" not in out
+    assert "ts-student-do 8 steps, best epoch 1/1" in out
     # a rerun trains nothing (every run finished) and prints the same tables
     again = module.main(args)
     assert all(math.isnan(v) for res in again for v in res["train_seconds"].values())

@@ -16,43 +16,22 @@ sees only pad, slice, cat and conv3d); the halo adds ``(k - 1) / (L / 2)`` of th
 64-voxel axis). The split is used only where the heuristic would fall back: CPU, float32 without
 autocast, batch 1, zero padding given as integers, an axis with at least two outputs; everything else
 (CUDA, batches, bf16) is the plain convolution. :class:`Conv3d` is a drop-in :class:`torch.nn.Conv3d`
-(same parameters and state-dict keys).
+(same parameters and state-dict keys). ``cmedl.nets.fastconv.fast_path_disabled()`` turns the split off
+(A/B timing, FLOP counting).
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmedl.nets.fastconv import autocast_on_cpu, fast_path_enabled
+
 #: ATen's oneDNN threshold for a batch of one: ``N * C * D * H`` above this already uses oneDNN
 ONEDNN_MIN_NCDH = 20480
 #: volumes of fewer voxels stay plain (a [1, 128, 2, 4, 4] 3x3x3 convolution: 1.7 ms plain, 2.0 ms split)
 MIN_VOXELS = 128
-
-
-_enabled = True
-
-
-@contextlib.contextmanager
-def split_disabled() -> Iterator[None]:
-    """Run every :func:`conv3d` / :class:`Conv3d` as the plain convolution inside the block (A/B timing)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
-
-
-def _autocast_on_cpu() -> bool:
-    try:
-        return bool(torch.is_autocast_enabled("cpu"))
-    except TypeError:  # torch < 2.4 has no device argument
-        return bool(torch.is_autocast_cpu_enabled())
 
 
 def _as_triple(value: int | tuple[int, ...]) -> tuple[int, int, int]:
@@ -64,8 +43,8 @@ def _as_triple(value: int | tuple[int, ...]) -> tuple[int, int, int]:
 
 def needs_split(x: torch.Tensor, padding: object) -> bool:
     """Whether ``conv3d(x, ...)`` would run ATen's slow CPU path and the split applies."""
-    return (_enabled and x.device.type == "cpu" and x.dim() == 5 and x.shape[0] == 1 and x.dtype == torch.float32
-            and not isinstance(padding, str) and not _autocast_on_cpu()
+    return (fast_path_enabled() and x.device.type == "cpu" and x.dim() == 5 and x.shape[0] == 1
+            and x.dtype == torch.float32 and not isinstance(padding, str) and not autocast_on_cpu()
             and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= ONEDNN_MIN_NCDH
             and x.shape[2] * x.shape[3] * x.shape[4] >= MIN_VOXELS)
 

@@ -48,11 +48,12 @@ _enabled = True
 
 @contextlib.contextmanager
 def fast_path_disabled() -> Iterator[None]:
-    """Run every :class:`SingleChannelConv2d` as plain ``nn.Conv2d`` inside the block.
+    """Run every :class:`SingleChannelConv2d` as plain ``nn.Conv2d``, and every
+    :class:`cmedl.nets.conv3d.Conv3d` unsplit, inside the block.
 
     For A/B timing, and for counting a model's FLOPs: the space-to-depth convolutions do ~3x the
-    arithmetic of the convolution they replace, so a FLOP counter must see the plain one
-    (``benchmarks/bench_train_step.py`` does this).
+    arithmetic of the convolution they replace (and the split 3D ones their halos twice), so a FLOP
+    counter must see the plain one (``benchmarks/bench_train_step.py`` does this).
     """
     global _enabled
     before, _enabled = _enabled, False
@@ -62,7 +63,13 @@ def fast_path_disabled() -> Iterator[None]:
         _enabled = before
 
 
-def _autocast_on_cpu() -> bool:
+def fast_path_enabled() -> bool:
+    """False inside :func:`fast_path_disabled`."""
+    return _enabled
+
+
+def autocast_on_cpu() -> bool:
+    """Whether CPU autocast is on (the fast paths are float32 only)."""
     try:
         return bool(torch.is_autocast_enabled("cpu"))
     except TypeError:  # torch < 2.4 has no device argument
@@ -186,7 +193,7 @@ class SingleChannelConv2d(nn.Conv2d):
         return (
             _enabled and self._fast_ok and x.ndim == 4 and x.device.type == "cpu" and x.dtype == torch.float32
             and self.weight.dtype == torch.float32 and torch.is_grad_enabled()
-            and not _autocast_on_cpu()
+            and not autocast_on_cpu()
             and (x.requires_grad if self.out_channels != 1 else (x.requires_grad or self.weight.requires_grad))
         )
 
