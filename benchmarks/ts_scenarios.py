@@ -146,11 +146,13 @@ def score_student(model: Path, manifest_path: Path, out: Path, device: str = "cp
                             device=device)
     per_volume = (time.perf_counter() - t) / max(len(written), 1)
     m = Manifest.load(manifest_path)
-    rows: dict[str, list[float]] = {k: [] for k in ("dsc", "dsc_tp", "f1", "recall", "precision")}
+    rows: dict[str, list] = {k: [] for k in ("dsc", "dsc_tp", "f1", "recall", "precision", "case", "kind")}
     for path in written:
         case = next(c for c in m.cases if c.id == Path(path).name.removesuffix(".nii.gz"))
         pred, ref = read_volume(path).array != 0, read_volume(m.label_path(case)).array != 0
         obj = object_metrics(pred, ref)
+        rows["case"].append(case.id)
+        rows["kind"].append(case.tumour_kind or "n/a")  # the phantom records each tumour's kind
         rows["dsc"].append(dice(pred, ref))
         for k in ("dsc_tp", "f1", "recall", "precision"):
             rows[k].append(float(obj[k]))
@@ -206,6 +208,16 @@ def print_tables(results: list[dict]) -> None:
             r = res["students"][m]
             cells = " | ".join(mean_sd(r[k]) for k in ("dsc", "dsc_tp", "f1", "recall", "precision"))
             print(f"| {LABELS[m]} | {cells} | {r['seconds_per_volume'][0]:.1f} |")
+        kinds = sorted(set(res["students"][STUDENTS[0]].get("kind", [])))
+        if kinds:
+            print("\nStudents' DSC % per tumour kind (phantom), mean ± SD")
+            counts = [res["students"][STUDENTS[0]]["kind"].count(k) for k in kinds]
+            print("| Model | " + " | ".join(f"{k} (n={n})" for k, n in zip(kinds, counts)) + " |")
+            print("|---|" + "---|" * len(kinds))
+            for m in STUDENTS:
+                r = res["students"][m]
+                print(f"| {LABELS[m]} | " + " | ".join(
+                    mean_sd([d for d, k in zip(r["dsc"], r["kind"]) if k == kind]) for kind in kinds) + " |")
         secs = ", ".join(f"{k} {v:.0f} s" for k, v in res["train_seconds"].items() if not math.isnan(v))
         print(f"\ntraining time: {secs or 'reused runs'}")
         print("runs (best checkpoint by validation Dice): " + ", ".join(

@@ -47,11 +47,13 @@ def test_scenarios_run_and_print_tables(tmp_path, capsys):
                         for cid in tests]
             assert sorted(rows["dsc"]) == pytest.approx(sorted(expected))
             assert len(rows["f1"]) == 2
+            assert rows["kind"] == [next(c for c in m.cases if c.id == cid).tumour_kind for cid in rows["case"]]
     pseudo = tmp_path / "scarce" / "pseudo" / "manifest.json"
     assert pseudo.exists() and '"label_source": "pseudo"' in pseudo.read_text()
     out = capsys.readouterr().out
     assert "| Box guided |" in out and "| DO Student |" in out and "reused runs" not in out
     assert "ts-student-do 8 steps, best epoch 1/1" in out
+    assert "DSC % per tumour kind" in out
     # a rerun trains nothing (every run finished) and prints the same tables
     again = module.main(args)
     assert all(math.isnan(v) for res in again for v in res["train_seconds"].values())
