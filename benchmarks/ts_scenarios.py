@@ -12,7 +12,9 @@ the point teacher by the box centres alone); ``cmedl pseudo-label`` with the box
 against the phantom's hidden masks of the box-only cases); ``ts-baseline`` (strong only), ``ts-student``
 (SO) and ``ts-student-do`` (DO) on strong + pseudo; each student segments the test cases whole
 (``cmedl segment``, hole filling) and is scored with DSC, DSC-TP, F1, recall and precision
-(:mod:`cmedl.evaluation.objects`, >= 25 % overlap) as mean +- SD over cases (Tables 3 / 5).
+(:mod:`cmedl.evaluation.objects`, >= 25 % overlap) as mean +- SD over cases (Tables 3 / 5), as segmented
+and with the clean-up each student chose on the validation split (small components, lung filter, largest
+component: :mod:`cmedl.evaluation.postprocess_choice`), overall and per tumour kind.
 
     python benchmarks/ts_scenarios.py --out /tmp/ts                        # CPU-sized (cpu-ts presets)
     python benchmarks/ts_scenarios.py --out /tmp/ts --vast 200,300 --scarce 20,400 --test 60 \\
@@ -134,28 +136,66 @@ def score_teacher(model: Path, manifest_path: Path, split: str, guided: str, hid
     return scores
 
 
-def score_student(model: Path, manifest_path: Path, out: Path, device: str = "cpu") -> dict[str, list[float]]:
-    from cmedl.data.manifest import Manifest
-    from cmedl.evaluation.metrics import dice
-    from cmedl.evaluation.objects import object_metrics
+def _predict(model: Path, manifest_path: Path, split: str, out: Path, device: str) -> tuple[list[Path], float]:
+    """Masks (hole filling only) and probability maps of ``split``; seconds per volume."""
     from cmedl.inference.segment import segment_files
-    from cmedl.io.volume import read_volume
 
     t = time.perf_counter()
-    written = segment_files(model, [], out, manifest=manifest_path, split="test", fill_holes=True, progress=False,
-                            device=device)
-    per_volume = (time.perf_counter() - t) / max(len(written), 1)
-    m = Manifest.load(manifest_path)
+    written = segment_files(model, [], out, manifest=manifest_path, split=split, fill_holes=True, probabilities=True,
+                            progress=False, device=device)
+    masks = [Path(p) for p in written if not str(p).endswith("_prob.nii.gz")]
+    return masks, (time.perf_counter() - t) / max(len(masks), 1)
+
+
+def _score_rows(masks: dict[str, np.ndarray], manifest) -> dict[str, list]:
+    from cmedl.evaluation.metrics import dice
+    from cmedl.evaluation.objects import object_metrics
+    from cmedl.io.volume import read_volume
+
     rows: dict[str, list] = {k: [] for k in ("dsc", "dsc_tp", "f1", "recall", "precision", "case", "kind")}
-    for path in written:
-        case = next(c for c in m.cases if c.id == Path(path).name.removesuffix(".nii.gz"))
-        pred, ref = read_volume(path).array != 0, read_volume(m.label_path(case)).array != 0
+    for case in manifest.cases:
+        if case.id not in masks:
+            continue
+        pred, ref = masks[case.id], read_volume(manifest.label_path(case)).array != 0
         obj = object_metrics(pred, ref)
         rows["case"].append(case.id)
         rows["kind"].append(case.tumour_kind or "n/a")  # the phantom records each tumour's kind
         rows["dsc"].append(dice(pred, ref))
         for k in ("dsc_tp", "f1", "recall", "precision"):
             rows[k].append(float(obj[k]))
+    return rows
+
+
+def score_student(model: Path, manifest_path: Path, out: Path, device: str = "cpu") -> dict:
+    """The student's test scores as segmented (hole filling only), and with the clean-up chosen on the
+    validation split (:func:`cmedl.evaluation.postprocess_choice.choose_postprocess`: small components,
+    lung filter, largest component) under ``"chosen"``."""
+    from cmedl.data.manifest import Manifest
+    from cmedl.evaluation.postprocess_choice import choose_postprocess
+    from cmedl.io.volume import read_volume, write_volume
+
+    m = Manifest.load(manifest_path)
+    by_id = {c.id: c for c in m.cases}
+
+    def case_of(path: Path):
+        return by_id[path.name.removesuffix(".nii.gz")]
+
+    val_masks, _ = _predict(model, manifest_path, "val", out / "val", device)
+    val_cases = [case_of(p) for p in val_masks]
+    best, val_scores = choose_postprocess(
+        [read_volume(out / "val" / f"{c.id}_prob.nii.gz") for c in val_cases],
+        [read_volume(m.label_path(c)).array != 0 for c in val_cases],
+        images=[read_volume(m.image_path(c)) for c in val_cases])
+    test_masks, per_volume = _predict(model, manifest_path, "test", out, device)
+    rows = _score_rows({case_of(p).id: read_volume(p).array != 0 for p in test_masks}, m)
+    chosen = {}
+    for p in test_masks:
+        case = case_of(p)
+        mask = best.apply(read_volume(out / f"{case.id}_prob.nii.gz"), image=read_volume(m.image_path(case)))
+        write_volume(read_volume(p).with_array(mask), out / "chosen" / f"{case.id}.nii.gz")
+        chosen[case.id] = mask != 0
+    rows["chosen"] = _score_rows(chosen, m)
+    rows["postprocess"] = {"chosen": best.label, "val_dsc": val_scores}
     rows["seconds_per_volume"] = [per_volume]
     return rows
 
@@ -208,6 +248,14 @@ def print_tables(results: list[dict]) -> None:
             r = res["students"][m]
             cells = " | ".join(mean_sd(r[k]) for k in ("dsc", "dsc_tp", "f1", "recall", "precision"))
             print(f"| {LABELS[m]} | {cells} | {r['seconds_per_volume'][0]:.1f} |")
+        if all("chosen" in res["students"][m] for m in STUDENTS):
+            print("\nStudents with the clean-up each chose on the validation split (best mean validation DSC)")
+            print("| Model | clean-up | val DSC | DSC | DSC-TP | F1 | Recall | Precision |\n|---|---|---|---|---|---|---|---|")
+            for m in STUDENTS:
+                r, pp = res["students"][m]["chosen"], res["students"][m]["postprocess"]
+                cells = " | ".join(mean_sd(r[k]) for k in ("dsc", "dsc_tp", "f1", "recall", "precision"))
+                print(f"| {LABELS[m]} | {pp['chosen']} | {100 * pp['val_dsc'][pp['chosen']]:.1f} "
+                      f"(none {100 * pp['val_dsc']['none']:.1f}) | {cells} |")
         kinds = sorted(set(res["students"][STUDENTS[0]].get("kind", [])))
         if kinds:
             print("\nStudents' DSC % per tumour kind (phantom), mean ± SD")
@@ -215,9 +263,12 @@ def print_tables(results: list[dict]) -> None:
             print("| Model | " + " | ".join(f"{k} (n={n})" for k, n in zip(kinds, counts)) + " |")
             print("|---|" + "---|" * len(kinds))
             for m in STUDENTS:
-                r = res["students"][m]
-                print(f"| {LABELS[m]} | " + " | ".join(
-                    mean_sd([d for d, k in zip(r["dsc"], r["kind"]) if k == kind]) for kind in kinds) + " |")
+                variants = [("", res["students"][m])]
+                if "chosen" in res["students"][m]:
+                    variants.append((f", {res['students'][m]['postprocess']['chosen']}", res["students"][m]["chosen"]))
+                for suffix, r in variants:
+                    print(f"| {LABELS[m]}{suffix} | " + " | ".join(
+                        mean_sd([d for d, k in zip(r["dsc"], r["kind"]) if k == kind]) for kind in kinds) + " |")
         secs = ", ".join(f"{k} {v:.0f} s" for k, v in res["train_seconds"].items() if not math.isnan(v))
         print(f"\ntraining time: {secs or 'reused runs'}")
         print("runs (best checkpoint by validation Dice): " + ", ".join(

@@ -41,19 +41,27 @@ def test_scenarios_run_and_print_tables(tmp_path, capsys):
             rows = res["students"][student]
             # the table's DSC is the DSC of the mask the student wrote for each test case
             pred = tmp_path / name / "pred" / student
-            assert sorted(f.name.removesuffix(".nii.gz") for f in pred.glob("*.nii.gz")) == tests
+            assert sorted(f.name.removesuffix(".nii.gz") for f in pred.glob("*.nii.gz")
+                          if not f.name.endswith("_prob.nii.gz")) == tests
             expected = [dice(read_volume(pred / f"{cid}.nii.gz").array != 0,
                              read_volume(m.label_path(next(c for c in m.cases if c.id == cid))).array != 0)
                         for cid in tests]
             assert sorted(rows["dsc"]) == pytest.approx(sorted(expected))
             assert len(rows["f1"]) == 2
             assert rows["kind"] == [next(c for c in m.cases if c.id == cid).tumour_kind for cid in rows["case"]]
+            # the clean-up was chosen on validation (the best mean val DSC) and scored on the masks it wrote
+            pp = rows["postprocess"]
+            assert pp["val_dsc"][pp["chosen"]] == max(pp["val_dsc"].values()) and len(pp["val_dsc"]) == 12
+            chosen = [dice(read_volume(pred / "chosen" / f"{cid}.nii.gz").array != 0,
+                           read_volume(m.label_path(next(c for c in m.cases if c.id == cid))).array != 0)
+                      for cid in rows["chosen"]["case"]]
+            assert sorted(rows["chosen"]["case"]) == tests and rows["chosen"]["dsc"] == pytest.approx(chosen)
     pseudo = tmp_path / "scarce" / "pseudo" / "manifest.json"
     assert pseudo.exists() and '"label_source": "pseudo"' in pseudo.read_text()
     out = capsys.readouterr().out
     assert "| Box guided |" in out and "| DO Student |" in out and "reused runs" not in out
     assert "ts-student-do 8 steps, best epoch 1/1" in out
-    assert "DSC % per tumour kind" in out
+    assert "DSC % per tumour kind" in out and "clean-up each chose on the validation split" in out
     # a rerun trains nothing (every run finished) and prints the same tables
     again = module.main(args)
     assert all(math.isnan(v) for res in again for v in res["train_seconds"].values())
