@@ -119,6 +119,8 @@ def test_methods_are_registered_and_configs_checked():
     cpu = load_config("cpu-ts", ["training.method=ts-student-do"])
     assert (cpu.section("ts-student-do").accumulate, cpu.section("ts-student-do").box_weight) == (1, 1.0)
     assert load_config("cpu-ts-teacher", []).section("box-teacher").accumulate == 8
+    # students decay the rate (cosine over the second half, chosen on the same cohort); teachers keep it constant
+    assert (cpu.optim.lr_schedule, load_config("cpu-ts-teacher", []).optim.lr_schedule) == ("cosine", "constant")
 
 
 def test_networks_of_each_method():
