@@ -57,3 +57,14 @@ def one_line_error(res, *needles: str) -> str:
     for needle in needles:
         assert needle in err, err
     return err
+
+
+def two_lung_ct() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A 24 x 80 x 96 HU array (air, an elliptic body at 40 HU, two lungs at -850 HU around slice 8) and its
+    ``z, y, x`` index grids, for lung-mask and lung-filter known answers."""
+    z, y, x = np.mgrid[0:24, 0:80, 0:96]
+    arr = np.full((24, 80, 96), -1000, np.int16)
+    arr[((y - 40) / 36) ** 2 + ((x - 48) / 44) ** 2 < 1] = 40
+    for cx in (28, 68):
+        arr[((y - 40) / 24) ** 2 + ((x - cx) / 15) ** 2 + ((z - 8) / 5) ** 2 < 1] = -850
+    return arr, (z, y, x)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import two_lung_ct
 
 from cmedl.errors import InputError
-from cmedl.evaluation.postprocess_choice import PostprocessSetting, candidate_settings, choose_postprocess
+from cmedl.evaluation.postprocess_choice import (
+    PostprocessSetting,
+    candidate_settings,
+    choose_postprocess,
+)
 from cmedl.io.volume import Volume
 
 
@@ -54,11 +59,7 @@ def test_ties_keep_the_simplest_candidate():
 
 def _ct_with_blob_above_the_lungs() -> tuple[Volume, np.ndarray, np.ndarray]:
     """Body, two lungs, a 3 ml tumour in lung 1 and a 5.6 ml blob 18 mm above the lungs."""
-    z, y, x = np.mgrid[0:24, 0:80, 0:96]
-    arr = np.full((24, 80, 96), -1000, np.int16)
-    arr[((y - 40) / 36) ** 2 + ((x - 48) / 44) ** 2 < 1] = 40
-    for cx in (28, 68):
-        arr[((y - 40) / 24) ** 2 + ((x - cx) / 15) ** 2 + ((z - 8) / 5) ** 2 < 1] = -850
+    arr, (z, y, x) = two_lung_ct()
     tumour = ((y - 36) / 7) ** 2 + ((x - 27) / 6) ** 2 + ((z - 8) / 2.5) ** 2 < 1
     blob = ((y - 40) / 10) ** 2 + ((x - 48) / 10) ** 2 + ((z - 21) / 2) ** 2 < 1
     arr[tumour | blob] = 300

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import two_lung_ct
 from torch import nn
 
 from cmedl.data.manifest import Manifest
@@ -34,11 +35,7 @@ FLIP_XY = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 def _ct() -> tuple[Volume, np.ndarray, np.ndarray]:
     """A CT on a grid with non-trivial spacing, origin and direction: body, two lungs, a bright tumour in
     lung 1 and a bright blob above the lungs, outside every lung crop."""
-    z, y, x = np.mgrid[0:24, 0:80, 0:96]
-    arr = np.full((24, 80, 96), -1000, np.int16)
-    arr[((y - 40) / 36) ** 2 + ((x - 48) / 44) ** 2 < 1] = 40
-    for cx in (28, 68):
-        arr[((y - 40) / 24) ** 2 + ((x - cx) / 15) ** 2 + ((z - 8) / 5) ** 2 < 1] = -850
+    arr, (z, y, x) = two_lung_ct()
     tumour = ((y - 36) / 7) ** 2 + ((x - 27) / 6) ** 2 + ((z - 8) / 2.5) ** 2 < 1
     outside = ((y - 40) / 5) ** 2 + ((x - 48) / 5) ** 2 + ((z - 21) / 1.5) ** 2 < 1  # 39 mm above the lungs
     arr[tumour | outside] = 300
