@@ -293,3 +293,20 @@ def test_box_only_share_marks_ct_training_cases_and_writes_boxes(tmp_path):
         assert truth.any() and not (truth & ~bm).any()  # the boxes enclose the whole tumour
         assert bm.sum() < 3 * truth.sum() + 200
     assert "box-only" in m.description
+
+
+def test_chest_wall_at_least_min_wall_and_lungs_found_in_every_slice():
+    """Case 38 of seed 0 at 48 x 128 x 128 had its lower right lung reaching the skin over 23 slices (the
+    lung mask then lost it to the outside air and a chest-wall tumour fell outside the lung crops); the
+    cavity is now kept MIN_WALL_MM inside the body outline."""
+    from cmedl.data.lung import crop_loss, lung_crop_boxes, lung_mask
+    from cmedl.data.phantom.organs import MIN_WALL_MM
+
+    case = generate_case("ct", 38, 0, (48, 128, 128), options=PhantomOptions(ct_cue_hu=(15, 25)))
+    labels = case.labels.array
+    dy, dx = case.image.spacing_zyx[1:]
+    depth = ndi.distance_transform_edt(labels != Tissue.AIR, sampling=(1e6, dy, dx))
+    assert depth[labels == Tissue.LUNG].min() >= MIN_WALL_MM - max(dy, dx)  # rasterised to a voxel
+    lungs = lung_mask(case.image)
+    assert [int(np.nonzero((lungs == k).any((1, 2)))[0].min()) for k in (1, 2)] == [0, 0]
+    assert crop_loss(case.mask.array > 0, lung_crop_boxes(lungs, case.image.spacing_zyx, 10.0)) == 0.0

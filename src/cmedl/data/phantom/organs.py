@@ -10,12 +10,14 @@ drawn up front by :func:`draw_random_fields`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import ndimage
 
 from cmedl.data.phantom.geometry import Axes, Grid, ellipse_sdf, smooth_field
 from cmedl.data.phantom.organ_shapes import (
+    Cavity,
     Heart,
     Spine,
     Tubes,
@@ -70,7 +72,7 @@ def rasterise_organs(
     labels = np.zeros(grid.shape, dtype=np.uint8)
     zt = np.clip(axes[0] / 80.0, -1.2, 1.2)  # normalised height, for tapering
     body = _body_wall(labels, p, axes, zt, fields.body)
-    cavity = thoracic_cavity(p, axes, zt, fields.lung)
+    cavity = keep_wall(thoracic_cavity(p, axes, zt, fields.lung), body, grid.spacing)
     _ribs(labels, p, axes, cavity.sdf, body)
     spine = spine_position(p)
     heart = heart_shape(p, axes)
@@ -85,6 +87,23 @@ def rasterise_organs(
     _sternum(labels, p, axes, body, cavity.ant_depth)
     _lung_vessels(labels, lung, tubes.hila, fields.vessel_a, fields.vessel_b)
     return OrganMap(labels, cavity.sdf)
+
+
+#: The thinnest chest wall, skin to thoracic cavity, in-plane (mm). The cavity's super-ellipse widens towards
+#: the diaphragm faster than the body's, and the two carry independent perturbations: without this floor a
+#: thin patient's lower lungs reached the skin (3 of 50 CTs of a 48 x 128 x 128 cohort, over up to 23
+#: slices), where a lung mask loses them to the outside air.
+MIN_WALL_MM = 8.0
+
+
+def keep_wall(cavity: Cavity, body: np.ndarray, spacing_xyz: tuple[float, float, float],
+              min_wall_mm: float = MIN_WALL_MM) -> Cavity:
+    """The cavity kept at least ``min_wall_mm`` inside the body outline in every slice (its signed
+    distance raised to ``min_wall_mm - depth``; unchanged wherever the wall is already that thick)."""
+    # in-plane depth below the skin: a z sampling far beyond the grid makes the nearest outside voxel in-plane
+    depth = ndimage.distance_transform_edt(body, sampling=(1e6, spacing_xyz[1], spacing_xyz[0])).astype(np.float32)
+    sdf = np.maximum(cavity.sdf, np.float32(min_wall_mm) - depth)
+    return replace(cavity, sdf=sdf, inside=sdf <= 0)
 
 
 def _body_wall(
