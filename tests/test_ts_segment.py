@@ -120,7 +120,7 @@ def _config(*extra: str):
     return load_config("cpu-ts", ["training.method=ts-baseline", "model.seg_base_width=4",
                                   "data.patch_size_3d=[16,32,32]", "data.samples_per_epoch=4", "data.val_samples=2",
                                   "training.max_epochs=1", "training.progress=false", "training.image_grid=false",
-                                  "ts-baseline.accumulate=2", *extra])
+                                  "ts-baseline.accumulate=2", "optim.lr_schedule=constant", *extra])
 
 
 def _run(tmp: Path, cohort: Path, name: str, *extra: str) -> tuple[Path, object]:
